@@ -1,0 +1,3 @@
+from rain_mlflow.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""The `clean` command: clean a record, write the cleaned CSV and the JSON report, track both in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rain_mlflow.config import DataConfig
+from rain_mlflow.data import load_clean
+from rain_mlflow.data.clean import summary_lines
+from rain_mlflow.data.io import write_csv_atomic, write_json_atomic
+from rain_mlflow.tracking import Tracker, connect
+
+CLEAN_SETTINGS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq", "max_gap",
+                  "max_missing_fraction")
+
+
+def default_report_path(output: str) -> str:
+    path = Path(output)
+    return str(path.with_name(path.stem + ".report.json"))
+
+
+def run_clean(cfg: DataConfig, output: str, report_path: str | None = None,
+              experiment: str | None = None) -> dict:
+    """Validate and clean first (nothing is written or tracked for unusable data), then write and track."""
+    raw, result = load_clean(cfg)
+    report_path = report_path or default_report_path(output)
+    report = {**result.report, "output": str(Path(output).resolve())}
+    connect(experiment)
+    with Tracker.start("clean", run_name="clean") as tracker:
+        write_csv_atomic(result.frame, output)
+        write_json_atomic(report, report_path)
+        tracker.log_params({k: getattr(cfg, k) for k in CLEAN_SETTINGS})
+        digest = tracker.log_input(raw, source=result.report["source"], name="raw", context="raw")
+        tracker.log_artifact(output, "cleaned")
+        tracker.log_artifact(report_path, "cleaned")
+        gaps = report["gaps"]
+        tracker.log_metrics({
+            "rows_in": report["rows_in"], "steps": report["steps"], "duplicates_dropped": report["duplicates_dropped"],
+            "gaps": gaps["count"], "gap_steps": gaps["missing_steps"], "features": len(report["features"]),
+            "dropped_features": len(report["dropped_features"]),
+            "interpolated_values": sum(c["interpolated"] for c in report["columns"].values()),
+            "missing_values": sum(c["missing_after"] for c in report["columns"].values()),
+        }, step=0)
+        lines = summary_lines(report)
+        tracker.set_note("Cleaned " + "; ".join(lines[:3]))
+        tracker.set_tags({"data_digest": digest})
+        run_id = tracker.run_id
+    for line in lines:
+        click.echo(line)
+    click.echo(f"cleaned CSV: {output}")
+    click.echo(f"report:      {report_path}")
+    click.echo(f"MLflow run:  {run_id} (data digest {digest})")
+    return {"run_id": run_id, "output": output, "report": report_path, "digest": digest}

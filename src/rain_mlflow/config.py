@@ -1,0 +1,290 @@
+"""The one run configuration: frozen sections, validated at construction, built from a preset plus overrides.
+
+Flow: CLI / MLproject -> `presets.build(name, overrides)` -> `RunConfig` -> data, model, trainer.
+Every field name is unique across sections, so an override `seq_len=1440` (CLI `--seq-len`, MLproject
+`-P seq_len=1440`) finds its section by name. Each field carries its help text and its rule in `metadata`; one
+generic check (`_check_fields`) enforces the rules, so messages always name the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from rain_mlflow.errors import ConfigError
+
+MODEL_NAME = "rain-timerxl-classifier"  # the registered model `promote` writes and `test` reads
+CHAMPION_ALIAS = "champion"
+DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+SYNTHETIC = "synthetic"  # the value of `data` that selects the embedded synthetic data set
+LOSSES = ("focal", "weighted_ce", "ce")
+LR_SCHEDULES = ("cosine", "type1", "none")
+STOP_METRICS = ("val_loss", "val_f1", "val_accuracy", "val_mcc")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+ACTIVATIONS = ("relu", "gelu")
+POOLINGS = ("last", "mean")
+DIAGNOSIS_FLAGS = (
+    "stalled", "oscillating", "val_test_divergence", "val_loss_not_improving",
+    "vram_over_budget", "class_collapse", "non_finite_loss", "dead_run",
+)
+
+
+def _f(default: Any, help: str, **rule: Any) -> Any:
+    """A dataclass field with its help text and validation rule (min, max, choices, positive...)."""
+    return field(default=default, metadata={"help": help, **rule})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from, how it is cleaned, labelled, split and windowed."""
+
+    data: str = _f(SYNTHETIC, "input CSV, or 'synthetic' for the embedded synthetic data set")
+    date_col: str = _f("date", "name of the timestamp column")
+    precip_col: str = _f("precipitation", "name of the precipitation column (its own unit, e.g. mm or in)")
+    label_col: str | None = _f(None, "existing 0/1 label column (then no precipitation rule is applied)")
+    features: tuple[str, ...] | None = _f(None, "comma-separated input columns (default: every other numeric column)")
+    na_values: tuple[str, ...] = _f((), "extra cell values that mean 'missing', e.g. -999,-9999")
+    freq: str | None = _f(None, "time step, e.g. 1h or 3h (default: inferred from the timestamps)")
+    max_gap: int = _f(3, "interpolate gaps in non-precipitation features of at most this many steps", min=0)
+    max_missing_fraction: float = _f(0.5, "drop a feature missing in more than this share of steps",
+                                     min=0.0, max=1.0)
+    horizon: int = _f(24, "label looks this many steps ahead: rain if precipitation over (t, t+horizon] "
+                          "exceeds rain_threshold", min=1)
+    rain_threshold: float = _f(0.1, "precipitation total (column unit) above which the horizon counts as rain",
+                               min=0.0)
+    seq_len: int = _f(720, "input window length in steps (trimmed from the oldest end to a multiple of "
+                           "input_token_len)", min=1)
+    window_stride: int = _f(1, "use every k-th window (1 = every step)", min=1)
+    train_fraction: float = _f(0.6, "share of the timeline used for training (chronological)", gt=0.0, max=1.0)
+    val_fraction: float = _f(0.2, "share of the timeline used for validation", gt=0.0, max=1.0)
+    test_fraction: float = _f(0.2, "share of the timeline used for testing", gt=0.0, max=1.0)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        total = self.train_fraction + self.val_fraction + self.test_fraction
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ConfigError(
+                "train_fraction + val_fraction + test_fraction must sum to 1; got "
+                f"{self.train_fraction} + {self.val_fraction} + {self.test_fraction} = {total:g}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Timer-XL backbone shape plus the classification head; the backbone names follow the official code."""
+
+    input_token_len: int = _f(96, "patch (token) length in steps; 96 for the released checkpoint", min=1)
+    d_model: int = _f(512, "hidden size", min=1)
+    n_heads: int = _f(8, "attention heads (d_model must be divisible by it)", min=1)
+    e_layers: int = _f(4, "number of Transformer blocks", min=1)
+    d_ff: int = _f(1024, "feed-forward inner size", min=1)
+    dropout: float = _f(0.1, "dropout on attention, residual and FFN branches", min=0.0, lt=1.0)
+    activation: str = _f("relu", "FFN activation", choices=ACTIVATIONS)
+    use_norm: bool = _f(False, "per-window instance normalisation (the released checkpoint was trained with it)")
+    pooling: str = _f("last", "how token features become one vector per window", choices=POOLINGS)
+    pretrain_model_path: str | None = _f(None, "official Timer-XL checkpoint to start the backbone from")
+    freeze_epochs: int = _f(0, "keep the pretrained backbone frozen for the first N epochs", min=0)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model must be divisible by n_heads; got d_model={self.d_model}, n_heads={self.n_heads}"
+            )
+        if (self.d_model // self.n_heads) % 4:
+            raise ConfigError(
+                "d_model / n_heads (the head size) must be a multiple of 4 for the rotary encoding; got "
+                f"{self.d_model} / {self.n_heads} = {self.d_model // self.n_heads}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, early stopping, precision, reproducibility and live diagnosis."""
+
+    batch_size: int = _f(32, "windows per optimisation step", min=1)
+    learning_rate: float = _f(1e-4, "peak AdamW learning rate", gt=0.0)
+    weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0)
+    train_epochs: int = _f(20, "maximum number of epochs", min=1)
+    patience: int = _f(10, "stop after this many epochs without improvement of early_stop_metric", min=1)
+    early_stop_metric: str = _f("val_loss", "metric that picks the best epoch and drives early stopping",
+                                choices=STOP_METRICS)
+    lradj: str = _f("cosine", "LR schedule per epoch: cosine, type1 (x0.1 after every epoch, as the official "
+                              "code) or none", choices=LR_SCHEDULES)
+    warmup_epochs: int = _f(0, "linear LR warmup over this many epochs (per step)", min=0)
+    grad_clip: float = _f(1.0, "clip the gradient norm to this value (0 = off)", min=0.0)
+    loss: str = _f("focal", "focal (class-balanced), weighted_ce (class-balanced) or ce", choices=LOSSES)
+    focal_gamma: float = _f(2.0, "focusing parameter of the focal loss", min=0.0)
+    amp: str = _f("auto", "mixed precision: auto picks bf16 / fp16 / off from the hardware", choices=AMP_MODES)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = _f(2021, "seed for weights, dropout and batch order", min=0)
+    vram_budget_gb: float | None = _f(None, "GPU memory the run may use (GB); above it the run is flagged",
+                                      gt=0.0)
+    stop_on: tuple[str, ...] = _f(("non_finite_loss", "stalled"),
+                                  "diagnosis flags that end the run early (comma-separated, empty = none)",
+                                  each_choices=DIAGNOSIS_FLAGS)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; a preset name plus the three sections."""
+
+    preset: str
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        if self.data.seq_len < self.model.input_token_len:
+            raise ConfigError(
+                f"seq_len must be at least input_token_len ({self.model.input_token_len}) to hold one token; "
+                f"got {self.data.seq_len}"
+            )
+
+    @property
+    def effective_seq_len(self) -> int:
+        """The window length actually fed to the model: the oldest remainder steps are dropped."""
+        return self.data.seq_len - self.data.seq_len % self.model.input_token_len
+
+    def with_overrides(self, **overrides: Any) -> RunConfig:
+        """A new config with fields replaced by name; unknown names and bad values raise ConfigError."""
+        by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in overrides.items():
+            section = FIELD_SECTION.get(key)
+            if section is None:
+                raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(sorted(FIELD_SECTION))}")
+            by_section[section][key] = coerce(key, value)
+        return dataclasses.replace(
+            self, **{name: dataclasses.replace(getattr(self, name), **changes)
+                     for name, changes in by_section.items() if changes}
+        )
+
+    def flat(self) -> dict[str, Any]:
+        """All settings as one flat name -> value dict (for logging and printing)."""
+        out: dict[str, Any] = {"preset": self.preset}
+        for name in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested, JSON-friendly form; `from_dict` reverses it (checkpoints and config.json carry this)."""
+        return {"preset": self.preset, **{name: _jsonable(dataclasses.asdict(getattr(self, name)))
+                                          for name in SECTIONS}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        known = {name: {f.name for f in dataclasses.fields(section)} for name, section in SECTIONS.items()}
+        sections = {}
+        for name, section in SECTIONS.items():
+            values = {k: coerce(k, v) for k, v in d.get(name, {}).items() if k in known[name]}
+            sections[name] = section(**values)
+        return cls(preset=d["preset"], **sections)
+
+
+FIELD_SECTION: dict[str, str] = {
+    f.name: name for name, section in SECTIONS.items() for f in dataclasses.fields(section)
+}
+FIELDS: dict[str, dataclasses.Field] = {
+    f.name: f for section in SECTIONS.values() for f in dataclasses.fields(section)
+}
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """(base type, optional) of a config field: int, float, str, bool or tuple (of str)."""
+    section = SECTIONS[FIELD_SECTION[name]]
+    hint = typing.get_type_hints(section)[name]
+    optional = False
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    base = tuple if typing.get_origin(hint) is tuple else hint
+    return base, optional
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a CLI / MLproject string (or a JSON value) into the field's type; '' or 'none' mean None."""
+    base, optional = field_type(name)
+    if isinstance(value, str):
+        text = value.strip()
+        if optional and text.lower() in ("", "none", "null"):
+            return None
+        try:
+            if base is bool:
+                if text.lower() in _TRUE:
+                    return True
+                if text.lower() in _FALSE:
+                    return False
+                raise ValueError
+            if base is int:
+                return int(text)
+            if base is float:
+                return float(text)
+            if base is tuple:
+                return tuple(part.strip() for part in text.split(",") if part.strip())
+        except ValueError:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}[base]
+            raise ConfigError(f"{name} must be {kind}; got {value!r}") from None
+        return text
+    if base is tuple and isinstance(value, list):
+        return tuple(value)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_fields(section: Any) -> None:
+    """Apply each field's declared rule; the message names the field, the value and what is allowed."""
+    for f in dataclasses.fields(section):
+        value, rule = getattr(section, f.name), f.metadata
+        if value is None:
+            base, optional = field_type(f.name)
+            if not optional:
+                raise ConfigError(f"{f.name} must be set; got None")
+            continue
+        base, _ = field_type(f.name)
+        if base is bool and not isinstance(value, bool):
+            raise ConfigError(f"{f.name} must be true or false; got {value!r}")
+        if base in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    base is int and not isinstance(value, int)):
+                raise ConfigError(f"{f.name} must be {'an integer' if base is int else 'a number'}; got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number; got {value!r}")
+            _check_range(f.name, value, rule)
+        if "choices" in rule and value not in rule["choices"]:
+            raise ConfigError(f"{f.name} must be one of {', '.join(rule['choices'])}; got {value!r}")
+        if "each_choices" in rule:
+            bad = [v for v in value if v not in rule["each_choices"]]
+            if bad:
+                raise ConfigError(f"{f.name} may only list {', '.join(rule['each_choices'])}; got {bad[0]!r}")
+
+
+def _check_range(name: str, value: float, rule: dict) -> None:
+    if "min" in rule and value < rule["min"]:
+        raise ConfigError(f"{name} must be >= {rule['min']}; got {value}")
+    if "gt" in rule and value <= rule["gt"]:
+        raise ConfigError(f"{name} must be > {rule['gt']}; got {value}")
+    if "max" in rule and value > rule["max"]:
+        raise ConfigError(f"{name} must be <= {rule['max']}; got {value}")
+    if "lt" in rule and value >= rule["lt"]:
+        raise ConfigError(f"{name} must be < {rule['lt']}; got {value}")
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

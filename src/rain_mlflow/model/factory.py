@@ -1,0 +1,55 @@
+"""Building the classifier from a config, and the self-contained model the registry serves.
+
+`RainModel` is what `mlflow.pytorch.log_model` stores (format: `pickle`, i.e. the whole module; loading it needs
+`rain-mlflow` installed). It takes raw windows in the data's own units, applies the training-split scaler that was
+fitted for it, and returns logits `[B, 2]` (index 1 = rain). The portable form of the same weights is
+`checkpoints/best.pt`, a plain dict loadable with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rain_mlflow.config import RunConfig
+from rain_mlflow.model.classifier import RainClassifier
+
+
+def build_classifier(cfg: RunConfig, n_vars: int) -> RainClassifier:
+    m = cfg.model
+    return RainClassifier(input_token_len=m.input_token_len, d_model=m.d_model, n_heads=m.n_heads,
+                          e_layers=m.e_layers, d_ff=m.d_ff, dropout=m.dropout, activation=m.activation,
+                          use_norm=m.use_norm, n_vars=n_vars, pooling=m.pooling)
+
+
+class RainModel(nn.Module):
+    """Raw windows [B, window, C] in the data's units (feature order `features`) -> logits [B, 2]."""
+
+    def __init__(self, classifier: RainClassifier, mean: Any, scale: Any, features: list[str], window: int,
+                 config: dict[str, Any] | None = None):
+        super().__init__()
+        self.config = config or {}  # the training RunConfig as a dict: label rule, columns, split
+        self.classifier = classifier
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.features = list(features)
+        self.window = int(window)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier((x - self.mean) / self.scale)
+
+    @torch.no_grad()
+    def rain_probability(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.forward(x).float(), dim=-1)[:, 1]
+
+
+def rain_model_from_payload(payload: dict[str, Any]) -> tuple[RainModel, RunConfig]:
+    """Rebuild a serving model from a best.pt / last.pt payload (no command line needed)."""
+    cfg = RunConfig.from_dict(payload["config"])
+    classifier = build_classifier(cfg, n_vars=len(payload["features"]))
+    classifier.load_state_dict(payload["model"])
+    model = RainModel(classifier, payload["scaler_mean"], payload["scaler_scale"], payload["features"],
+                      payload["window"], payload["config"])
+    return model.eval(), cfg

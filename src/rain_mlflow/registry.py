@@ -1,0 +1,157 @@
+"""`promote`: put the best healthy run's model in the Model Registry under an alias.
+
+Choice: among the experiment's training runs that are FINISHED, carry no diagnosis flag (the rules are re-applied
+now, from the histories, and the tags rewritten, so the UI agrees with the decision) and logged a model, the one
+with the best `--metric` at its own best epoch (highest, or lowest for a loss). The run's LoggedModel becomes a new
+version of `--model-name` (unless a version from that run already exists: promoting twice creates nothing new),
+the alias points at it, and the version carries the run's metrics, diagnosis and data digest as tags.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from rain_mlflow.errors import UserError
+from rain_mlflow.tracking import Tracker, connect, experiment_name, use_store
+
+VERSION_METRICS = ("val_f1", "val_accuracy", "val_mcc", "val_loss", "test_f1", "test_accuracy", "test_mcc")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run_id: str
+    run_name: str
+    preset: str
+    status: str
+    flags: tuple[str, ...]
+    model_id: str | None
+    best_epoch: int | None
+    value: float | None        # the metric at the run's best epoch
+    at_best: dict[str, float]  # VERSION_METRICS at the best epoch
+
+    def problem(self, allow_flagged: bool) -> str | None:
+        if self.status != "FINISHED":
+            return f"status {self.status}"
+        if self.flags and not allow_flagged:
+            return "flagged " + ",".join(self.flags)
+        if not self.model_id:
+            return "no logged model"
+        if self.value is None or not math.isfinite(self.value):
+            return "metric missing at its best epoch"
+        return None
+
+
+def candidates(client: MlflowClient, experiment_id: str, metric: str) -> list[Candidate]:
+    from rain_mlflow.compare import diagnose_runs, load_histories, write_diagnosis_tags
+    from rain_mlflow.diagnostics.rules import Thresholds
+
+    histories = load_histories(client, experiment_ids=[experiment_id],
+                               extra_metrics=tuple(dict.fromkeys((metric, *VERSION_METRICS))))
+    reports = diagnose_runs(histories, Thresholds(), int(time.time() * 1000))
+    write_diagnosis_tags(client, reports)
+    out = []
+    for r in reports:
+        h = r.history
+        out.append(Candidate(
+            run_id=h.run_id, run_name=h.run_name, preset=h.tags.get("preset", ""), status=h.status,
+            flags=tuple(r.flags), model_id=h.tags.get("model_id"), best_epoch=r.best_epoch,
+            value=h.value_at(metric, r.best_epoch),
+            at_best={k: v for k in VERSION_METRICS if (v := h.value_at(k, r.best_epoch)) is not None}))
+    return out
+
+
+def choose(pool: list[Candidate], metric: str, allow_flagged: bool) -> Candidate | None:
+    eligible = [c for c in pool if c.problem(allow_flagged) is None]
+    if not eligible:
+        return None
+    lower_is_better = metric.endswith("loss")
+    return sorted(eligible, key=lambda c: (c.value if lower_is_better else -c.value, c.run_id))[0]
+
+
+def register(client: MlflowClient, chosen: Candidate, model_name: str, alias: str, metric: str,
+             data_digest: str | None) -> tuple[str, bool]:
+    """Register (or reuse) the version of `chosen`, set the alias and the version tags; (version, created)."""
+    existing = [v for v in client.search_model_versions(f"name='{model_name}'") if v.run_id == chosen.run_id]
+    created = not existing
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+    else:
+        version = str(mlflow.register_model(f"models:/{chosen.model_id}", model_name).version)
+    client.set_registered_model_alias(model_name, alias, version)
+    tags = {f"metric.{k}": f"{v:.6g}" for k, v in chosen.at_best.items()}
+    tags.update({"run_id": chosen.run_id, "preset": chosen.preset, "best_epoch": str(chosen.best_epoch),
+                 "diagnosis": ",".join(chosen.flags) or "ok", "data_digest": data_digest or "",
+                 "promoted_by_metric": metric})
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    return version, created
+
+
+def run_promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
+                run_id: str | None = None) -> dict[str, Any]:
+    use_store()
+    client = MlflowClient()
+    name = experiment_name(experiment)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        raise UserError(f"experiment {name!r} not found; train a run first or pass --experiment")
+    pool = candidates(client, found.experiment_id, metric)
+    if run_id:
+        pool = [c for c in pool if c.run_id == run_id]
+        if not pool:
+            raise UserError(f"run {run_id!r} is not a training run of experiment {name!r}")
+    if not any(c.value is not None for c in pool) and pool:
+        raise UserError(f"no training run of experiment {name!r} logged the metric {metric!r}; "
+                        "use a per-epoch metric such as val_f1, val_accuracy, val_mcc or val_loss")
+    chosen = choose(pool, metric, allow_flagged)
+    if chosen is None:
+        raise UserError(_nothing_qualifies(name, pool, allow_flagged))
+    digest = client.get_run(chosen.run_id).data.tags.get("data_digest")
+    connect(name)
+    with Tracker.start("promote", run_name=f"promote {alias}") as tracker:
+        version, created = register(client, chosen, model_name, alias, metric, digest)
+        tracker.log_params({"model_name": model_name, "metric": metric, "alias": alias,
+                            "allow_flagged": allow_flagged})
+        tracker.set_tags({"promoted_run_id": chosen.run_id, "model_version": version})
+        tracker.log_dict([_ranking_row(c, allow_flagged) for c in pool], "ranking.json")
+        tracker.set_note(f"{model_name}@{alias} -> version {version} (run {chosen.run_id}, {chosen.preset}, "
+                         f"{metric} {chosen.value:.4f} at epoch {chosen.best_epoch}); "
+                         f"{'registered a new version' if created else 'the version already existed'}.")
+    _print(pool, chosen, metric, allow_flagged, model_name, alias, version, created)
+    return {"run_id": chosen.run_id, "version": version, "created": created, "value": chosen.value}
+
+
+def _ranking_row(c: Candidate, allow_flagged: bool) -> dict[str, Any]:
+    return {"run_id": c.run_id, "run_name": c.run_name, "preset": c.preset, "status": c.status,
+            "flags": list(c.flags), "best_epoch": c.best_epoch, "value": c.value,
+            "excluded": c.problem(allow_flagged)}
+
+
+def _nothing_qualifies(name: str, pool: list[Candidate], allow_flagged: bool) -> str:
+    if not pool:
+        return f"no training run in experiment {name!r} to promote; train one first"
+    reasons = "; ".join(f"{c.run_id[:8]} ({c.preset}): {c.problem(allow_flagged)}" for c in pool[:6])
+    more = f" and {len(pool) - 6} more" if len(pool) > 6 else ""
+    hint = "" if allow_flagged else "; pass --allow-flagged to consider flagged runs"
+    return f"no run of experiment {name!r} qualifies for promotion: {reasons}{more}{hint}"
+
+
+def _print(pool: list[Candidate], chosen: Candidate, metric: str, allow_flagged: bool, model_name: str,
+           alias: str, version: str, created: bool) -> None:
+    click.echo(f"{'run':10} {'preset':16} {'status':9} {metric + ' @best':>14}  excluded because")
+    for c in pool:
+        value = f"{c.value:.4f}" if c.value is not None else "-"
+        mark = "  <- promoted" if c is chosen else ""
+        click.echo(f"{c.run_id[:8]:10} {c.preset:16} {c.status:9} {value:>14}  "
+                   f"{c.problem(allow_flagged) or ''}{mark}")
+    action = "registered as new version" if created else "already registered as version"
+    click.echo(f"{model_name}@{alias}: {action} {version} (run {chosen.run_id})")
+    click.echo(f"load it with mlflow.pytorch.load_model('models:/{model_name}@{alias}') or "
+               f"`rain-mlflow test --model-uri models:/{model_name}@{alias}`")

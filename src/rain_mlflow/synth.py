@@ -1,0 +1,142 @@
+"""A deterministic synthetic station record shaped like the user's Peruvian data.
+
+Columns: `date`, `precipitation` (mm per step), `temperature` (degC), `relative_humidity` (%),
+`pressure` (hPa), `wind_speed` (m/s). What drives the rain:
+- a wet season (peak in late January, as in the southern Peruvian Andes) and a dry season;
+- a slow ENSO-like modulation of a few years that makes some wet seasons wetter than others;
+- synoptic weather waves (a few days long) that raise moisture; pressure falls and wind rises about half a day
+  *before* the moisture arrives, so the recent past carries real but noisy information about the next day;
+- an afternoon convection peak in the daily cycle.
+Rain falls when a noisy moisture index crosses a threshold, in amounts drawn from a gamma distribution. Then the
+record is damaged the way station data are: missing timestamps (gaps), NaN runs in sensors, duplicated rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+
+from rain_mlflow.errors import ConfigError
+
+START = "2014-01-01"
+COLUMNS = ("date", "precipitation", "temperature", "relative_humidity", "pressure", "wind_speed")
+
+
+def _ar1(rng: np.random.Generator, n: int, tau_steps: float, scale: float) -> np.ndarray:
+    """A stationary AR(1) series with correlation time `tau_steps` and standard deviation `scale`."""
+    phi = float(np.exp(-1.0 / max(tau_steps, 1e-6)))
+    noise = rng.standard_normal(n) * scale * np.sqrt(1.0 - phi * phi)
+    return lfilter([1.0], [1.0, -phi], noise)
+
+
+def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0) -> pd.DataFrame:
+    """The synthetic record as a DataFrame (`date` column first), damaged with gaps and NaN runs."""
+    if years <= 0:
+        raise ConfigError(f"years must be > 0; got {years}")
+    try:
+        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    except (ValueError, TypeError):
+        raise ConfigError(f"freq must be a pandas frequency such as 1h, 3h or 30min; got {freq!r}") from None
+    hours = step / pd.Timedelta(hours=1)
+    if not 0 < hours <= 24:
+        raise ConfigError(f"freq must be between 1min and 1D; got {freq!r}")
+    n = int(years * 365.25 * 24 / hours)
+    if n < 48:
+        raise ConfigError(f"years={years} at freq={freq} gives only {n} steps; need at least 48")
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range(START, periods=n, freq=step)
+    t_h = np.arange(n) * hours  # time in hours
+    day = 2 * np.pi * dates.day_of_year.to_numpy() / 365.25
+    hour = 2 * np.pi * (dates.hour.to_numpy() + dates.minute.to_numpy() / 60) / 24
+
+    season = np.cos(day - 2 * np.pi * 25 / 365.25)                 # +1 late January (wet), -1 July (dry)
+    enso = 0.6 * np.sin(2 * np.pi * t_h / (4.3 * 8766) + 1.0) + 0.3 * np.sin(2 * np.pi * t_h / (2.6 * 8766))
+    lead = max(1, int(round(12 / hours)))                          # precursors lead moisture by ~12 h
+    waves = _ar1(rng, n + lead, tau_steps=60 / hours, scale=1.0)   # synoptic waves, ~2.5 days
+    future_waves, waves = waves[lead:], waves[:n]
+    afternoon = np.cos(hour - 2 * np.pi * 16 / 24)                 # convection peaks around 16:00
+
+    moisture = 0.9 * season + 0.5 * enso + 1.0 * waves + _ar1(rng, n, 6 / hours, 0.45)
+    convective = moisture + 0.45 * afternoon + rng.normal(0, 0.35, n)
+    raining = convective > 0.95
+    amount = rng.gamma(shape=0.8, scale=1.2 + 0.8 * np.clip(moisture, 0, None), size=n) * hours ** 0.5
+    precipitation = np.where(raining, np.round(amount + 0.1, 1), 0.0)
+
+    temperature = (12 + 3.0 * season - 1.5 * enso + 6.0 * np.cos(hour - 2 * np.pi * 14 / 24)
+                   - 1.5 * raining + _ar1(rng, n, 48 / hours, 1.2))
+    humidity = np.clip(62 + 18 * np.tanh(0.8 * moisture) - 8 * np.cos(hour - 2 * np.pi * 14 / 24)
+                       + 8 * raining + rng.normal(0, 4, n), 5, 100)
+    pressure = (1013 - 2.5 * future_waves - 1.0 * season + 0.8 * np.cos(2 * hour)
+                + _ar1(rng, n, 120 / hours, 1.5) + rng.normal(0, 0.4, n))
+    wind = np.clip(3 + 1.2 * future_waves + 1.0 * afternoon + rng.gamma(2.0, 0.5, n), 0, None)
+
+    frame = pd.DataFrame({
+        "date": dates,
+        "precipitation": precipitation,
+        "temperature": np.round(temperature, 1),
+        "relative_humidity": np.round(humidity, 0),
+        "pressure": np.round(pressure, 1),
+        "wind_speed": np.round(wind, 1),
+    })
+    return _damage(frame, rng, hours)
+
+
+def _damage(frame: pd.DataFrame, rng: np.random.Generator, hours: float) -> pd.DataFrame:
+    """Station-style damage: sensor NaN runs (short and long), missing timestamps, duplicated rows."""
+    n = len(frame)
+
+    def run_at(length_h: float) -> slice:
+        length = max(1, int(length_h / hours))
+        start = int(rng.integers(0, max(1, n - length)))
+        return slice(start, start + length)
+
+    for column, lengths_h in {
+        "temperature": (2, 2, 3, 10),          # short runs clean can interpolate, one it cannot
+        "relative_humidity": (1, 5 * 24),      # a 5-day humidity sensor outage
+        "pressure": (2, 30),
+        "wind_speed": (3,),
+        "precipitation": (6, 2 * 24),          # the rain gauge failing: never invented by clean
+    }.items():
+        for length_h in lengths_h:
+            frame.iloc[run_at(length_h), frame.columns.get_loc(column)] = np.nan
+    missing = np.zeros(n, dtype=bool)
+    for length_h in (1, 4, 3 * 24):            # whole rows lost: gaps in the timestamps
+        missing[run_at(length_h)] = True
+    frame = frame.loc[~missing]
+    duplicates = frame.sample(n=min(2, len(frame)), random_state=int(rng.integers(1 << 31)))
+    return pd.concat([frame, duplicates]).sort_values("date", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Settings of `rain-mlflow synth` (the MLproject `synth` entry point has the same names)."""
+
+    years: float = 11.0
+    freq: str = "1h"
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, years: str, freq: str, seed: str) -> SynthConfig:
+        try:
+            years_value = float(years)
+        except ValueError:
+            raise ConfigError(f"years must be a number; got {years!r}") from None
+        try:
+            seed_value = int(seed)
+        except ValueError:
+            raise ConfigError(f"seed must be an integer; got {seed!r}") from None
+        if seed_value < 0:
+            raise ConfigError(f"seed must be >= 0; got {seed_value}")
+        return cls(years_value, freq, seed_value)
+
+
+def write_synthetic(output: str, cfg: SynthConfig = SynthConfig()) -> pd.DataFrame:
+    """Write the synthetic record to `output` (atomically) and return it."""
+    from rain_mlflow.data.io import write_csv_atomic
+
+    frame = synthetic_frame(cfg.years, cfg.freq, cfg.seed)
+    write_csv_atomic(frame, output)
+    return frame

@@ -1,0 +1,255 @@
+"""The training loop: one readable `fit` plus small helpers.
+
+Per epoch, in this order: (1) set LR per step and train on shuffled windows gathered on the device, (2) evaluate
+validation and test, (3) early stopping and checkpoints (best.pt when improved, last.pt always, both logged before
+the epoch's metrics, so a resumed run can always re-log what a kill interrupted and never logs an epoch twice),
+(4) the epoch's metrics and confusion matrices, (5) the live diagnosis, which may stop the run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from rain_mlflow.config import RunConfig
+from rain_mlflow.data.dataset import PreparedData
+from rain_mlflow.errors import UserError
+from rain_mlflow.model import set_backbone_frozen
+from rain_mlflow.train import checkpoint
+from rain_mlflow.train.losses import build_loss
+from rain_mlflow.train.metrics import confusion, split_metrics
+from rain_mlflow.train.precision import Precision
+from rain_mlflow.train.schedule import lr_at
+
+MODE = {"val_loss": "min", "val_f1": "max", "val_accuracy": "max", "val_mcc": "max"}
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: training cannot continue meaningfully."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
+
+
+@dataclass
+class TrainState:
+    """What changes during training and must survive a resume (saved in last.pt)."""
+
+    epoch: int = 0                                  # last completed epoch (1-based)
+    best_epoch: int = 0
+    best_value: float | None = None
+    bad_epochs: int = 0                             # epochs since the last improvement
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
+    confusions: dict[int, dict[str, list]] = field(default_factory=dict)
+
+    def improved(self, value: float, mode: str) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best_value is None or (value < self.best_value if mode == "min" else value > self.best_value):
+            return True
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "best_epoch": self.best_epoch, "best_value": self.best_value,
+                "bad_epochs": self.bad_epochs, "history": self.history, "confusions": self.confusions}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        return cls(epoch=d["epoch"], best_epoch=d["best_epoch"], best_value=d["best_value"],
+                   bad_epochs=d["bad_epochs"], history={int(k): v for k, v in d["history"].items()},
+                   confusions={int(k): v for k, v in d["confusions"].items()})
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    stopped_by: str | None          # the diagnosis flag that ended the run early, if any
+    early_stopped: bool
+    time_saved_s: float             # remaining epochs x mean epoch time, when a rule stopped the run
+
+
+class Batches:
+    """Windows gathered on the device from the one [T, C] series: no per-sample Python in the hot loop."""
+
+    def __init__(self, data: PreparedData, device: torch.device):
+        self.series = torch.from_numpy(data.series).to(device)
+        self.offsets = torch.arange(-data.window + 1, 1, device=device)
+        self.ends = {n: torch.from_numpy(s.ends).to(device) for n, s in data.splits.items()}
+        self.labels = {n: torch.from_numpy(s.labels).to(device) for n, s in data.splits.items()}
+
+    def get(self, split: str, index: Tensor) -> tuple[Tensor, Tensor]:
+        ends = self.ends[split][index]
+        return self.series[ends[:, None] + self.offsets], self.labels[split][index]
+
+
+def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precision, workdir: Path,
+        on_epoch: Callable[[int, dict, TrainState, dict], str | None], resume: dict[str, Any] | None = None,
+        run_id: str | None = None) -> FitResult:
+    """Train `model`; `on_epoch(epoch, metrics, state, files)` tracks the epoch and may return a flag to stop."""
+    t, device = cfg.train, precision.device
+    batches = Batches(data, device)
+    train_split = data.splits["train"]
+    criterion = build_loss(t.loss, t.focal_gamma, train_split.no_rain, train_split.rain).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    scaler = precision.grad_scaler()
+    order = torch.Generator().manual_seed(t.seed)  # batch order; its state travels in last.pt
+    state = TrainState()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["grad_scaler"])
+        state = TrainState.from_dict(resume["train_state"])
+        _set_rng(resume["rng"], order)
+    mode = MODE[t.early_stop_metric]
+    pretrained = cfg.model.pretrain_model_path is not None
+    stopped_by, early_stopped = None, False
+
+    for epoch in range(state.epoch + 1, t.train_epochs + 1):
+        if pretrained and cfg.model.freeze_epochs:
+            set_backbone_frozen(model, frozen=epoch <= cfg.model.freeze_epochs)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+
+        # 1. train
+        train_loss, lr, train_seconds = train_one_epoch(cfg, model, batches, criterion, optimizer, scaler,
+                                                        precision, order, epoch)
+        # 2. evaluate
+        val, val_cm = evaluate(model, batches, "val", criterion, precision, 2 * t.batch_size)
+        test, test_cm = evaluate(model, batches, "test", criterion, precision, 2 * t.batch_size)
+        metrics = {"train_loss": train_loss, **val, **test, "lr": lr,
+                   "epoch_time_s": time.perf_counter() - started,
+                   "samples_per_s": train_split.size / max(train_seconds, 1e-9)}
+        if device.type == "cuda":
+            metrics["vram_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            metrics["vram_reserved_gb"] = torch.cuda.memory_reserved(device) / 2**30
+        state.epoch = epoch
+        state.history[epoch] = metrics
+        state.confusions[epoch] = {"val": val_cm, "test": test_cm}
+
+        # 3. early stopping and checkpoints (before the metrics are logged: see the module docstring)
+        files = {}
+        value = metrics[t.early_stop_metric]
+        if state.improved(value, mode):
+            state.best_value, state.best_epoch, state.bad_epochs = value, epoch, 0
+            files["best"] = workdir / "best.pt"
+            checkpoint.save(_model_payload(cfg, model, data, epoch, metrics, run_id), files["best"])
+        else:
+            state.bad_epochs += 1
+        files["last"] = workdir / "last.pt"
+        checkpoint.save(_last_payload(cfg, model, data, optimizer, scaler, order, state, run_id), files["last"])
+
+        # 4 and 5. track, diagnose live; the callback returns a flag when a stop rule fired
+        stopped_by = on_epoch(epoch, metrics, state, files)
+        if stopped_by:
+            break
+        if state.bad_epochs >= t.patience:
+            early_stopped = True
+            break
+
+    mean_epoch = float(np.mean([h["epoch_time_s"] for h in state.history.values()])) if state.history else 0.0
+    saved = (t.train_epochs - state.epoch) * mean_epoch if stopped_by else 0.0
+    return FitResult(state=state, stopped_by=stopped_by, early_stopped=early_stopped, time_saved_s=saved)
+
+
+def train_one_epoch(cfg: RunConfig, model: nn.Module, batches: Batches, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Precision,
+                    order: torch.Generator, epoch: int) -> tuple[float, float, float]:
+    """One pass over the shuffled training windows; returns (mean loss, last LR, seconds)."""
+    t = cfg.train
+    model.train()
+    n = len(batches.ends["train"])
+    permutation = torch.randperm(n, generator=order).to(batches.series.device)
+    steps = math.ceil(n / t.batch_size)
+    total = torch.zeros((), device=batches.series.device)
+    lr = t.learning_rate
+    started = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{t.train_epochs}", leave=False, unit="batch",
+               disable=not sys.stderr.isatty(), file=sys.stderr)
+    for step in bar:
+        lr = lr_at(t.learning_rate, t.lradj, epoch - 1, t.train_epochs, step, steps, t.warmup_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = permutation[step * t.batch_size:(step + 1) * t.batch_size]
+        x, y = batches.get("train", index)
+        with precision.autocast():
+            loss = criterion(model(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"training stopped: the loss became {loss.item()} at epoch {epoch}, step "
+                                f"{step + 1}/{steps} (learning_rate {t.learning_rate:g}); lower learning_rate, "
+                                "check the data, or use amp=off", epoch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach() * len(index)
+        if step % 20 == 0 and bar.disable is False:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+    if batches.series.device.type == "cuda":
+        torch.cuda.synchronize()
+    return float(total.item() / n), lr, time.perf_counter() - started
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, split: str, criterion: nn.Module, precision: Precision,
+             batch_size: int) -> tuple[dict[str, float], list[list[int]]]:
+    """Loss and classification metrics of one split, plus its confusion matrix."""
+    model.eval()
+    n = len(batches.ends[split])
+    total = torch.zeros((), device=batches.series.device)
+    predictions = []
+    for start in range(0, n, batch_size):
+        index = torch.arange(start, min(start + batch_size, n), device=batches.series.device)
+        x, y = batches.get(split, index)
+        with precision.autocast():
+            logits = model(x)
+        total += criterion(logits.float(), y) * len(index)
+        predictions.append(logits.argmax(dim=-1))
+    labels = batches.labels[split].cpu().numpy()
+    predicted = torch.cat(predictions).cpu().numpy()
+    metrics = split_metrics(split, labels, predicted, float(total.item() / n))
+    if split == "val":
+        metrics["val_pred_rain_fraction"] = float(predicted.mean())
+    return metrics, confusion(labels, predicted)
+
+
+def _model_payload(cfg: RunConfig, model: nn.Module, data: PreparedData, epoch: int, metrics: dict,
+                   run_id: str | None) -> dict:
+    return checkpoint.model_payload(cfg, model, epoch, metrics, data.features, data.scaler_mean,
+                                    data.scaler_scale, run_id)
+
+
+def _last_payload(cfg: RunConfig, model: nn.Module, data: PreparedData, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, order: torch.Generator, state: TrainState,
+                  run_id: str | None) -> dict:
+    payload = _model_payload(cfg, model, data, state.epoch, state.history[state.epoch], run_id)
+    payload.update(format=checkpoint.LAST_FORMAT, optimizer=optimizer.state_dict(),
+                   grad_scaler=scaler.state_dict(), train_state=state.to_dict(), rng=_get_rng(order))
+    return payload
+
+
+def _get_rng(order: torch.Generator) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state(), "order": order.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict[str, Any], order: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    order.set_state(rng["order"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

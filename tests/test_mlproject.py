@@ -1,0 +1,92 @@
+"""MLproject <-> CLI <-> config: every declared parameter is an option of its command with the same default."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import yaml
+
+from rain_mlflow.cli import cli
+from rain_mlflow.config import FIELDS
+from rain_mlflow.diagnostics.rules import Thresholds
+from tests.conftest import REPO
+
+COMMAND_OPTIONS = {  # parameters that belong to a command, not to the run config
+    "synth": {"output", "years", "freq", "seed"},
+    "clean": {"output"},
+    "test": {"model_uri"},
+    "compare": {"format", "fail_on"},
+    "promote": {"model_name", "metric", "alias"},
+}
+
+
+def load_project() -> dict:
+    return yaml.safe_load((REPO / "MLproject").read_text())
+
+
+def option_for(command: click.Command, param: str) -> click.Option:
+    dashed, underscored = "--" + param.replace("_", "-"), "--" + param
+    for option in command.params:
+        if isinstance(option, click.Option) and (dashed in option.opts or underscored in option.opts):
+            return option
+    raise AssertionError(f"command {command.name!r} has no option for MLproject parameter {param!r}")
+
+
+def test_entry_points_are_the_commands():
+    project = load_project()
+    assert set(project["entry_points"]) == {"main", "synth", "clean", "train", "test", "compare", "promote"}
+    assert project["python_env"] == "mlproject/python_env.yaml"
+    assert (REPO / project["python_env"]).is_file()
+
+
+def test_every_parameter_is_an_option_and_a_config_field_or_command_option():
+    from rain_mlflow import presets
+
+    for name, entry in load_project()["entry_points"].items():
+        command = cli.commands[name]
+        assert f"rain-mlflow {name}" in entry["command"]
+        for param, spec in entry.get("parameters", {}).items():
+            option = option_for(command, param)
+            assert "{" + param + "}" in entry["command"], (name, param)
+            if param == "preset":
+                assert spec["default"] in presets.names()
+                continue
+            assert param in FIELDS or param in COMMAND_OPTIONS.get(name, set()), (name, param)
+            default = str(spec["default"])
+            if param in FIELDS and option.default is None:  # CLI keeps the preset value: compare with the config
+                assert str(FIELDS[param].default) == default, (name, param, FIELDS[param].default, default)
+            else:
+                assert float_or_str(option.default) == float_or_str(default), (name, param, option.default)
+
+
+def test_train_preset_default_is_the_code_default():
+    from rain_mlflow import presets
+
+    assert load_project()["entry_points"]["train"]["parameters"]["preset"]["default"] == presets.DEFAULT_PRESET
+
+
+def test_every_config_field_is_a_train_option_in_both_spellings():
+    train = cli.commands["train"]
+    for name in FIELDS:
+        option = option_for(train, name)
+        assert {"--" + name.replace("_", "-"), "--" + name} <= set(option.opts) | {"--" + name}
+
+
+def test_every_threshold_is_a_compare_option():
+    compare = cli.commands["compare"]
+    for f in Thresholds.__dataclass_fields__:
+        assert option_for(compare, f).default == getattr(Thresholds(), f)
+
+
+def float_or_str(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return "" if value is None else str(value)
+
+
+def test_commands_only_use_declared_placeholders():
+    for name, entry in load_project()["entry_points"].items():
+        used = set(re.findall(r"{(\w+)}", entry["command"]))
+        assert used == set(entry.get("parameters", {})), name
