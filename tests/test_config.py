@@ -75,3 +75,10 @@ def test_every_field_documents_itself():
 def test_effective_seq_len_drops_the_oldest_remainder():
     assert presets.build("small").effective_seq_len == 672  # 720 with tokens of 96
     assert presets.build("small", {"seq_len": "1440"}).effective_seq_len == 1440
+
+
+def test_config_choices_match_the_model():
+    from rain_mlflow import config, model
+
+    assert config.POOLINGS == model.POOLINGS
+    assert config.ACTIVATIONS == model.timerxl.ACTIVATIONS

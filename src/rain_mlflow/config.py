@@ -26,7 +26,7 @@ LR_SCHEDULES = ("cosine", "type1", "none")
 STOP_METRICS = ("val_loss", "val_f1", "val_accuracy", "val_mcc")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 ACTIVATIONS = ("relu", "gelu")
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "attention")  # must equal rain_mlflow.model.POOLINGS (tested)
 DIAGNOSIS_FLAGS = (
     "stalled", "oscillating", "val_test_divergence", "val_loss_not_improving",
     "vram_over_budget", "class_collapse", "non_finite_loss", "dead_run",
