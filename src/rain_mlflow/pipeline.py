@@ -82,7 +82,7 @@ def _summary_note(steps: dict[str, dict[str, Any]], preset: str) -> str:
     return (f"Pipeline on the synthetic record: trained {preset} (run {train['run_id']}, best epoch "
             f"{train['best_epoch']}, val F1 {train.get('best_val_f1', float('nan')):.3f}); test accuracy "
             f"{test['accuracy']:.1%} vs majority {test['majority_accuracy']:.1%}; champion = version "
-            f"{promote['version']} (run {promote['run_id']}).")
+            f"{promote['version']} (run {promote['promoted_run_id']}).")
 
 
 def _print_summary(parent_id: str, exp_id: str, exp_name: str, steps: dict[str, dict[str, Any]]) -> None:
@@ -95,13 +95,15 @@ def _print_summary(parent_id: str, exp_id: str, exp_name: str, steps: dict[str, 
     for name, info in steps.items():
         run = client.get_run(info["run_id"])
         extra = ""
-        if name == "train":
+        if name == "clean":
+            extra = f"{info['output']} (report {info['report']})"
+        elif name == "train":
             extra = (f"best epoch {info['best_epoch']}, val F1 {info.get('best_val_f1', float('nan')):.3f}, "
                      f"diagnosis {run.data.tags.get('diagnosis', 'ok')}")
         elif name == "test":
             extra = f"accuracy {info['accuracy']:.1%} (majority {info['majority_accuracy']:.1%}), F1 {info['f1']:.3f}"
         elif name == "promote":
-            extra = f"{MODEL_NAME}@{ALIAS} = version {info['version']} (run {info['run_id']})"
+            extra = f"{MODEL_NAME}@{ALIAS} = version {info['version']} (run {info['promoted_run_id']})"
         click.echo(f"  {name:8} {info['run_id']}  {extra}")
     flagged = client.search_runs([exp_id], "tags.`rain.step` = 'train' and tags.diagnosis != 'ok'")
     click.echo(f"flagged training runs in the experiment: {len(flagged)}"

@@ -124,8 +124,10 @@ def run_promote(experiment: str | None, model_name: str, metric: str, alias: str
         tracker.set_note(f"{model_name}@{alias} -> version {version} (run {chosen.run_id}, {chosen.preset}, "
                          f"{metric} {chosen.value:.4f} at epoch {chosen.best_epoch}); "
                          f"{'registered a new version' if created else 'the version already existed'}.")
+        promote_run_id = tracker.run_id
     _print(pool, chosen, metric, allow_flagged, model_name, alias, version, created)
-    return {"run_id": chosen.run_id, "version": version, "created": created, "value": chosen.value}
+    return {"run_id": promote_run_id, "promoted_run_id": chosen.run_id, "version": version, "created": created,
+            "value": chosen.value}
 
 
 def _ranking_row(c: Candidate, allow_flagged: bool) -> dict[str, Any]:

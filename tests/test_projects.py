@@ -1,0 +1,108 @@
+"""Every MLproject entry point through a real `mlflow run ... --env-manager local`, starting with `main`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, run_env
+
+EXPERIMENT = "rain-timerxl"
+
+
+def mlflow_run(uri: str, cwd, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+                           "--experiment-name", EXPERIMENT, *args],
+                          env=run_env(uri), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The README's main job: `mlflow run .` on the embedded defaults, in a fresh store."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    result = mlflow_run(uri, tmp)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return uri, tmp, result.stdout
+
+
+def client_for(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_main_is_one_parent_run_with_a_child_per_step(pipeline):
+    uri, _, _ = pipeline
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("rain.step") == "main"]
+    children = {r.data.tags["rain.step"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"synth", "clean", "train", "test", "compare", "promote"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert parent.data.tags["mlflow.project.entryPoint"] == "main"
+    assert "champion" in parent.data.tags["mlflow.note.content"]
+    version = client.get_model_version_by_alias("rain-timerxl-classifier", "champion")
+    assert version.run_id == children["train"].info.run_id
+    assert children["test"].data.tags["trained_run_id"] == children["train"].info.run_id
+    assert {a.path for a in client.list_artifacts(children["compare"].info.run_id, "report")} == {
+        "report/report.md", "report/curves.png"}
+
+
+def test_main_prints_where_to_look(pipeline):
+    uri, _, out = pipeline
+    assert "== summary ==" in out
+    assert f"mlflow ui --backend-store-uri {uri}" in out
+    assert "rain-timerxl-classifier@champion = version 1" in out
+    client = client_for(uri)
+    train = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                               "tags.`rain.step` = 'train'")[0]
+    assert train.info.run_id in out
+
+
+def test_synth_and_clean_entry_points(pipeline):
+    uri, tmp, _ = pipeline
+    raw, cleaned = tmp / "raw1.csv", tmp / "clean1.csv"  # absolute: `mlflow run` runs in the project directory
+    result = mlflow_run(uri, tmp, "-e", "synth", "-P", f"output={raw}", "-P", "years=1", "-P", "seed=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(pd.read_csv(raw)) > 8000
+    result = mlflow_run(uri, tmp, "-e", "clean", "-P", f"data={raw}", "-P", f"output={cleaned}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = client_for(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                                f"params.output = '{cleaned}'")
+    assert run.data.tags["rain.step"] == "clean" and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "clean"
+    assert json.loads((tmp / "clean1.report.json").read_text())["steps"] == len(pd.read_csv(cleaned))
+
+
+def test_compare_entry_point_records_its_report_and_fails_on_request(pipeline):
+    uri, tmp, _ = pipeline
+    result = mlflow_run(uri, tmp, "-e", "compare", "-P", "format=json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout[result.stdout.index("["):result.stdout.rindex("]") + 1])
+    assert len(rows) == 1 and rows[0]["flags"] == [] and rows[0]["run_name"] == "smoke"
+    client = client_for(uri)
+    compare_runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                                      "tags.`mlflow.project.entryPoint` = 'compare'")
+    assert {a.path for a in client.list_artifacts(compare_runs[0].info.run_id, "report")} == {
+        "report/report.md", "report/curves.png"}
+    # thresholds so strict that the healthy run counts as stalled: --fail-on stalled makes the run fail
+    failing = mlflow_run(uri, tmp, "-e", "compare", "-P", "fail_on=stalled", "-P", "stalled_epochs=2",
+                         "-P", "stalled_tolerance=0.5")
+    assert failing.returncode != 0 and "stalled" in failing.stdout
+
+
+def test_promote_and_test_entry_points(pipeline):
+    uri, tmp, _ = pipeline
+    result = mlflow_run(uri, tmp, "-e", "promote")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already registered as version 1" in result.stdout
+    result = mlflow_run(uri, tmp, "-e", "test")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "models:/rain-timerxl-classifier@champion on test split" in result.stdout
