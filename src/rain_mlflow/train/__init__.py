@@ -308,8 +308,8 @@ def _dry_run(cfg: RunConfig, data: PreparedData, report: dict, model: torch.nn.M
          f"tokens per sample")
     echo(f"device: {precision.device}, precision {precision.name}")
     echo(f"VRAM (training, batch {cfg.train.batch_size}): {est.vram_gb:.2f} GB, {est.vram_basis}")
-    echo(f"  = weights {est.weights_gb:.2f} + gradients {est.gradients_gb:.2f} + AdamW {est.optimizer_gb:.2f} + "
-         f"activations {est.activations_gb:.2f} GB, +10 % allocator/workspace")
+    echo(f"  = weights {est.weights_gb:.2f} + AdamW {est.optimizer_gb:.2f} + max(activations "
+         f"{est.activations_gb:.2f}, gradients {est.gradients_gb:.2f}) GB, + 5 % (GB = 2^30 bytes)")
     budget = cfg.train.vram_budget_gb
     if budget:
         verdict = "within" if est.vram_gb <= budget else "OVER"

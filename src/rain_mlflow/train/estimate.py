@@ -1,8 +1,11 @@
 """Dry-run estimates of GPU memory and epoch time, before anything is trained.
 
-Memory. Training memory on a GPU is, to a good approximation (the terms are printed separately):
-  weights (4 B/param) + gradients (4 B/trainable param) + AdamW moments (8 B/trainable param)
-  + activations kept for backward (grows linearly with the batch) + 10 % for the allocator and kernel workspaces.
+Memory. The peak of live tensor memory in a training step (what `torch.cuda.max_memory_allocated` reports) is
+  weights (4 B/param) + AdamW moments (8 B/trainable param) + max(activations, gradients) + 5 %
+because backward frees the activations it has used while it creates the gradients (4 B/trainable param), and
+`zero_grad(set_to_none=True)` frees the gradients before the next forward: the peak is either the end of the
+forward (all activations alive) or the optimizer step (all gradients alive). The 5 % covers what the probe cannot
+see (the gradient of the activation being processed, kernel workspaces). The terms are printed separately.
 The activation term is not guessed: a probe runs forward passes of 1 and 2 windows with the real model under the
 run's precision and sums the bytes of every tensor autograd saves for backward (`saved_tensors_hooks`), then
 extrapolates linearly to the batch size. The users' guesses were off by 2-3x because they skipped exactly this term.
@@ -24,7 +27,7 @@ from torch import nn
 from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.train.precision import Precision
 
-OVERHEAD = 1.10
+MARGIN = 1.05
 PROBE_STEPS = 2
 
 
@@ -77,7 +80,7 @@ def estimate(model: nn.Module, data: PreparedData, batch_size: int, precision: P
     per_sample, fixed = max(two - one, 0), max(2 * one - two, 0)
     activations = fixed + per_sample * batch_size
     weights, grads, moments = 4 * n_params, 4 * n_trainable, 8 * n_trainable
-    vram = (weights + grads + moments + activations) * OVERHEAD / 2**30
+    vram = (weights + moments + max(activations, grads)) * MARGIN / 2**30
     basis = "estimated (activations probed on this device)"
 
     probe_batch = batch_size if device.type == "cuda" else min(batch_size, 4)
