@@ -45,6 +45,7 @@ def trained(tmp_path_factory, synthetic_csv):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a test run is shorter than the default 10 s
     mlflow.set_tracking_uri(uri)
     try:
         with pytest.raises(SystemExit) as done:
@@ -54,6 +55,7 @@ def trained(tmp_path_factory, synthetic_csv):
         (run,) = client.search_runs([client.get_experiment_by_name("contract").experiment_id])
         yield client, run, tmp
     finally:
+        os.environ.pop("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", None)
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
@@ -78,6 +80,12 @@ def test_every_contract_metric_every_epoch_at_step_epoch(trained):
     val_loss = dict(histories(client, run.info.run_id, ("val_loss",))["val_loss"])
     assert best == min(val_loss, key=val_loss.get)
     assert run.data.metrics["best_val_loss"] == val_loss[best]
+
+
+def test_system_metrics_are_on(trained):
+    _, run, _ = trained
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
 
 
 def test_params_and_tags(trained):
@@ -201,11 +209,23 @@ def test_sigkill_after_epoch_2_then_resume_equals_uninterrupted(store, synthetic
     assert run.data.metrics["best_epoch"] == client.get_run(reference).data.metrics["best_epoch"]
 
 
-def test_resume_refuses_changes_that_alter_the_run(store, synthetic_csv, cli):
+def test_resume_refuses_changes_then_continues_under_mlflow_run(store, synthetic_csv, cli):
     process = start_training(store, synthetic_csv, "--train-epochs", "3", "--experiment", "refuse")
     run_id = run_id_and_kill_after(process, epoch=1)
     assert_user_error(cli("train", "--resume", run_id, "--d-model", "64"), "cannot change d_model")
     assert_user_error(cli("train", "--resume", "0" * 32), "not found")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
+         "--experiment-name", "refuse", "-P", f"resume={run_id}"],
+        env=run_env(store), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
+    (launcher,) = client.search_runs([run.info.experiment_id], "tags.`rain.step` = 'resume'")
+    assert run_id in launcher.data.tags["mlflow.note.content"]
 
 
 # ---- failures ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""Starting a run from an official-format checkpoint: strict loading through the CLI, and frozen epochs."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from rain_mlflow import presets
+from rain_mlflow.model import TimerXL
+from rain_mlflow.train import checkpoint
+from tests.conftest import assert_user_error
+
+
+def official_checkpoint(path, d_model: int = 32) -> dict:
+    """A plain state dict in the released layout, for the smoke shape (random values), as OpenLTM saves it."""
+    m = presets.build("smoke").model
+    torch.manual_seed(123)
+    backbone = TimerXL(input_token_len=m.input_token_len, output_token_len=m.input_token_len, d_model=d_model,
+                       n_heads=m.n_heads, e_layers=m.e_layers, d_ff=m.d_ff, dropout=0.0, activation="relu",
+                       use_norm=False)
+    state = {f"module.{k}": v for k, v in backbone.state_dict().items()}  # a DDP-saved file: prefix stripped
+    torch.save(state, path)
+    return backbone.state_dict()
+
+
+def run_of(experiment: str):
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, run
+
+
+def test_a_checkpoint_of_another_shape_is_refused_before_any_run(store, synthetic_csv, cli, tmp_path):
+    path = tmp_path / "other.pth"
+    official_checkpoint(path, d_model=64)
+    result = cli("train", "--preset", "smoke", "--data", synthetic_csv, "--pretrain-model-path", path)
+    assert_user_error(result, "embedding.weight", "[64, 24]", "[32, 24]")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_transfer_starts_from_the_file_and_freezes_the_backbone(store, synthetic_csv, cli, tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    released = official_checkpoint(path)
+    result = cli("train", "--preset", "smoke", "--data", synthetic_csv, "--pretrain-model-path", path,
+                 "--train-epochs", "1", "--freeze-epochs", "1", "--experiment", "frozen")
+    assert result.code == 0, result.err
+    client, run = run_of("frozen")
+    assert run.data.params["pretrained_tensors"] == str(len(released))
+    last = checkpoint.load(client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path)))
+    for key, value in released.items():                       # frozen for epoch 1: exactly the file's weights
+        torch.testing.assert_close(last["model"][f"backbone.{key}"], value, rtol=0, atol=0)
+    head = [k for k in last["model"] if not k.startswith("backbone.")]
+    assert head  # the classifier head trained meanwhile
+
+    result = cli("train", "--preset", "smoke", "--data", synthetic_csv, "--pretrain-model-path", path,
+                 "--train-epochs", "1", "--experiment", "unfrozen")
+    client, run = run_of("unfrozen")
+    moved = checkpoint.load(client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path / "u")))
+    assert not torch.equal(moved["model"]["backbone.embedding.weight"], released["embedding.weight"])
+    os.remove(path)
