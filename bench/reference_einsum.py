@@ -31,7 +31,7 @@ def _rope_interleaved(x: Tensor, positions: Tensor) -> Tensor:
 def _bias_and_mask(weight: Tensor, batch: int, n_vars: int, n_tokens: int) -> Tensor:
     """[B, H, T, T]: learned bias (same variable or not), -inf where the key is later in time."""
     index = torch.arange(n_vars * n_tokens)
-    var_id, time_id = index // n_tokens, index % n_tokens
+    var_id = index // n_tokens
     same = (var_id[:, None] == var_id[None, :]).long()
     bias = F.embedding(same, weight).permute(2, 0, 1).unsqueeze(0).expand(batch, -1, -1, -1)
     blocked = torch.kron(torch.ones(n_vars, n_vars), torch.triu(torch.ones(n_tokens, n_tokens), diagonal=1)).bool()

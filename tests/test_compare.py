@@ -14,7 +14,6 @@ import time
 import urllib.request
 
 import matplotlib.image
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param

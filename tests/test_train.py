@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -284,7 +283,7 @@ def test_dry_run_reports_sizes_and_estimates_without_a_run(store, synthetic_csv,
     assert result.code == 0, result.err
     out = result.out
     for fragment in ("resolved settings", "train ", "majority share", "dropped", "parameters",
-                     "tokens per sample", "VRAM (training, batch 64)", "epoch time"):
+                     "tokens per sample", "training memory (VRAM on a GPU), batch 64", "epoch time"):
         assert fragment in out, fragment
     from rain_mlflow import presets
     from rain_mlflow.model.factory import build_classifier

@@ -108,14 +108,10 @@ def train(preset: str | None, resume: str | None, dry_run: str, experiment: str 
           **options: Any) -> None:
     """Train a classifier and record everything in one MLflow run."""
     from rain_mlflow import presets
-    from rain_mlflow.config import coerce
-    from rain_mlflow.errors import ConfigError
+    from rain_mlflow.config import parse_bool
     from rain_mlflow.train import run_training
 
-    try:
-        dry = coerce("use_norm", dry_run)  # the same true/false parsing as a bool field
-    except ConfigError:
-        raise ConfigError(f"dry_run must be true or false; got {dry_run!r}") from None
+    dry = parse_bool("dry_run", dry_run)
     overrides = overrides_from(options)
     if resume:
         if preset:
@@ -198,11 +194,11 @@ def compare(experiment: str | None, run_ids: str | None, fmt: str, write_tags: b
 def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: str,
             run_id: str | None) -> None:
     """Register the best healthy run's checkpoint in the Model Registry under an alias."""
-    from rain_mlflow.config import coerce
+    from rain_mlflow.config import parse_bool
     from rain_mlflow.registry import run_promote
 
     run_promote(experiment=experiment, model_name=model_name, metric=metric, alias=alias,
-                allow_flagged=coerce("use_norm", allow_flagged), run_id=run_id)
+                allow_flagged=parse_bool("allow_flagged", allow_flagged), run_id=run_id)
 
 
 @cli.command("main")

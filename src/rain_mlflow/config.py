@@ -217,6 +217,14 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def parse_bool(name: str, text: str) -> bool:
+    """'true/false/yes/no/1/0/on/off' -> bool, or a ConfigError naming the setting."""
+    lowered = str(text).strip().lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE
+    raise ConfigError(f"{name} must be true or false; got {text!r}")
+
+
 def coerce(name: str, value: Any) -> Any:
     """Turn a CLI / MLproject string (or a JSON value) into the field's type; '' or 'none' mean None."""
     base, optional = field_type(name)
@@ -226,11 +234,7 @@ def coerce(name: str, value: Any) -> Any:
             return None
         try:
             if base is bool:
-                if text.lower() in _TRUE:
-                    return True
-                if text.lower() in _FALSE:
-                    return False
-                raise ValueError
+                return parse_bool(name, text)
             if base is int:
                 return int(text)
             if base is float:

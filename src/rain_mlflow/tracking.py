@@ -41,7 +41,8 @@ def experiment_name(explicit: str | None = None) -> str:
     """--experiment, else MLFLOW_EXPERIMENT_NAME, else the experiment `mlflow run` chose, else rain-timerxl."""
     if explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         return explicit or os.environ["MLFLOW_EXPERIMENT_NAME"]
-    launched = os.environ.get("MLFLOW_RUN_ID") or mlflow.active_run() and mlflow.active_run().info.run_id
+    active = mlflow.active_run()
+    launched = os.environ.get("MLFLOW_RUN_ID") or (active.info.run_id if active else None)
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if launched or exp_id:
         use_store()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import PreparedData, prepare
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import load_pretrained_backbone
-from rain_mlflow.model.factory import RainModel, build_classifier
+from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train import checkpoint
 from rain_mlflow.train.estimate import estimate
 from rain_mlflow.train.loop import FitResult, NonFiniteLoss, TrainState, fit
@@ -73,7 +72,7 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
             "train", run_name=run_name or cfg.preset, resume_run_id=resume, system_metrics=True,
             tags={"preset": cfg.preset}) as tracker:
         workdir = Path(tmp)
-        epochs = EpochTracker(tracker, cfg, data, workdir)
+        epochs = EpochTracker(tracker, cfg, data)
         if resume_payload is None:
             _record_setup(tracker, cfg, data, raw, clean_report, model, precision, pretrained)
         else:
@@ -126,8 +125,8 @@ def _check_same_data(tracker: Any, raw: Any, clean_report: dict) -> None:
 class EpochTracker:
     """The per-epoch callback of `fit`: log, print, diagnose live, and say whether a stop rule fired."""
 
-    def __init__(self, tracker: Any, cfg: RunConfig, data: PreparedData, workdir: Path):
-        self.tracker, self.cfg, self.data, self.workdir = tracker, cfg, data, workdir
+    def __init__(self, tracker: Any, cfg: RunConfig, data: PreparedData):
+        self.tracker, self.cfg, self.data = tracker, cfg, data
         self.run_name = cfg.preset
 
     def __call__(self, epoch: int, metrics: dict, state: TrainState, files: dict) -> str | None:
@@ -166,7 +165,7 @@ class EpochTracker:
                     "windows_val": str(self.data.splits["val"].size)},
             metrics={k: {e: m[k] for e, m in state.history.items() if k in m} for k in names},
             start_time_ms=None, last_update_ms=int(time.time() * 1000))
-        findings = diagnose(history, only=[f for f in _live_rules()])
+        findings = diagnose(history, only=_live_rules())
         self.tracker.set_diagnosis(findings)
         return findings
 
@@ -307,7 +306,7 @@ def _dry_run(cfg: RunConfig, data: PreparedData, report: dict, model: torch.nn.M
          f"{data.window // cfg.model.input_token_len} tokens x {data.n_vars} variables = {est.tokens_per_sample} "
          f"tokens per sample")
     echo(f"device: {precision.device}, precision {precision.name}")
-    echo(f"VRAM (training, batch {cfg.train.batch_size}): {est.vram_gb:.2f} GB, {est.vram_basis}")
+    echo(f"training memory (VRAM on a GPU), batch {cfg.train.batch_size}: {est.vram_gb:.2f} GB, {est.vram_basis}")
     echo(f"  = weights {est.weights_gb:.2f} + AdamW {est.optimizer_gb:.2f} + max(activations "
          f"{est.activations_gb:.2f}, gradients {est.gradients_gb:.2f}) GB, + 5 % (GB = 2^30 bytes)")
     budget = cfg.train.vram_budget_gb
