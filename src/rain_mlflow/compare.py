@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -38,7 +37,7 @@ from typing import IO, Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Run, RunTag, ViewType
+from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import GetMetricHistoryBulkInterval
 from mlflow.store.tracking.rest_store import RestStore
@@ -47,8 +46,10 @@ from mlflow.utils.rest_utils import call_endpoint
 
 from rain_mlflow.diagnostics import RULE_METRICS, Finding, RunHistory, Thresholds, diagnose, diagnosis_tag, normalise
 from rain_mlflow.diagnostics.history import is_finite
-from rain_mlflow.diagnostics.rules import validate_flags
+from rain_mlflow.diagnostics.rules import format_duration, validate_flags
+from rain_mlflow.data.io import atomic_path
 from rain_mlflow.errors import UserError
+from rain_mlflow.tracking import write_run_diagnosis
 
 FORMATS = ("table", "json", "markdown")
 TRAIN_FILTER = "tags.`rain.step` = 'train'"
@@ -62,7 +63,6 @@ REST_MAX_RESULTS = 2500  # the server's per-run cap (MAX_RESULTS_PER_RUN); more 
 REST_STEP_WINDOW = 1000  # epochs per REST request: 2.5 values per epoch fit before the cap could sample
 REST_BULK_ENDPOINT = "/api/2.0/mlflow/metrics/get-history-bulk-interval"
 SQL_ROW_LIMIT = 50_000_000  # LIMIT of the SQL bulk query; reaching it means rows were cut, which we refuse
-TAG_VALUE_LIMIT = 5000  # MLflow accepts 8,000 characters per tag value; evidence lines are ~150
 SEARCH_PAGE = 1000
 
 # (run_id, key, epoch, timestamp_ms, value) as read from any store.
@@ -310,7 +310,7 @@ def _cells(r: RunReport) -> list[str]:
         f"{h.run_id[:8]} {h.run_name}", h.tags.get("preset", ""), h.status, str(r.epochs),
         _fmt(r.best_epoch, "{:d}"), _fmt(r.best_val_accuracy, "pct"), _fmt(r.best_val_f1, "{:.4f}"),
         _fmt(r.test_accuracy_at_best, "pct"), _fmt(r.peak_vram_gb, "{:.2f} GB"),
-        _duration(r.mean_epoch_time_s), ", ".join(r.flags) or "ok",
+        format_duration(r.mean_epoch_time_s), ", ".join(r.flags) or "ok",
     ]
 
 
@@ -318,12 +318,6 @@ def _fmt(value: float | int | None, pattern: str) -> str:
     if value is None or not is_finite(value):
         return ""
     return f"{100 * value:.2f}%" if pattern == "pct" else pattern.format(value)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _evidence_lines(reports: Sequence[RunReport]) -> list[tuple[RunReport, Finding]]:
@@ -375,16 +369,9 @@ RENDERERS = {"table": render_table, "json": render_json, "markdown": render_mark
 # ---- writing: tags and the report --------------------------------------------------------------------------------
 
 def write_diagnosis_tags(client: MlflowClient, reports: Iterable[RunReport]) -> None:
-    """Set `diagnosis` and `diagnosis.<flag>` on every run (one log_batch of the changed tags), delete stale ones."""
+    """Set `diagnosis` and `diagnosis.<flag>` on every run (only the changed tags), delete stale ones."""
     for r in reports:
-        wanted = {"diagnosis": diagnosis_tag(r.findings)}
-        wanted |= {f"diagnosis.{f.flag}": f.evidence[:TAG_VALUE_LIMIT] for f in r.findings}
-        current = {k: v for k, v in r.history.tags.items() if k == "diagnosis" or k.startswith("diagnosis.")}
-        changed = [RunTag(k, v) for k, v in wanted.items() if current.get(k) != v]
-        if changed:
-            client.log_batch(r.history.run_id, tags=changed)
-        for stale in sorted(current.keys() - wanted.keys()):
-            client.delete_tag(r.history.run_id, stale)
+        write_run_diagnosis(client, r.history.run_id, r.findings, current_tags=r.history.tags)
 
 
 def write_report(report_dir: Path, reports: Sequence[RunReport], scope: str, thresholds: Thresholds) -> None:
@@ -406,12 +393,8 @@ def write_report(report_dir: Path, reports: Sequence[RunReport], scope: str, thr
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _curves_png(reports: Sequence[RunReport]) -> bytes:

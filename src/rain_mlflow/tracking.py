@@ -183,7 +183,7 @@ class Tracker:
 
     def set_diagnosis(self, findings: list) -> None:
         """`diagnosis` = ok or the sorted flags, one `diagnosis.<flag>` evidence tag each; stale ones removed."""
-        write_diagnosis_tags(self.client, self.run_id, findings)
+        write_run_diagnosis(self.client, self.run_id, findings)
 
     def current_diagnosis(self) -> str:
         return self.client.get_run(self.run_id).data.tags.get("diagnosis", "ok")
@@ -241,15 +241,25 @@ class Tracker:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst))
 
 
-def write_diagnosis_tags(client: MlflowClient, run_id: str, findings: list) -> None:
-    """One batch of diagnosis tags for a run, and deletion of `diagnosis.<flag>` tags that no longer fire."""
-    flags = sorted(f.flag for f in findings)
-    tags = {"diagnosis": ",".join(flags) if flags else "ok"}
-    tags.update({f"diagnosis.{f.flag}": f.evidence[:5000] for f in findings})
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    for key in client.get_run(run_id).data.tags:
-        if key.startswith("diagnosis.") and key not in tags:
-            client.delete_tag(run_id, key)
+DIAGNOSIS_TAG_LIMIT = 5000  # MLflow accepts 8,000 characters per tag value; evidence lines are ~150
+
+
+def write_run_diagnosis(client: MlflowClient, run_id: str, findings: Any,
+                        current_tags: dict[str, str] | None = None) -> None:
+    """`diagnosis` (ok or the sorted flags) and one `diagnosis.<flag>` evidence tag per finding, in one batch of
+    the tags that changed; `diagnosis.*` tags of flags that no longer fire are deleted. Used live and by compare."""
+    from rain_mlflow.diagnostics.rules import diagnosis_tag
+
+    if current_tags is None:
+        current_tags = client.get_run(run_id).data.tags
+    wanted = {"diagnosis": diagnosis_tag(findings)}
+    wanted |= {f"diagnosis.{f.flag}": f.evidence[:DIAGNOSIS_TAG_LIMIT] for f in findings}
+    current = {k: v for k, v in current_tags.items() if k == "diagnosis" or k.startswith("diagnosis.")}
+    changed = [RunTag(k, v) for k, v in wanted.items() if current.get(k) != v]
+    if changed:
+        client.log_batch(run_id, tags=changed)
+    for stale in sorted(current.keys() - wanted.keys()):
+        client.delete_tag(run_id, stale)
 
 
 def _now_ms() -> int:

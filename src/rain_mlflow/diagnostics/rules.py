@@ -106,7 +106,12 @@ def _num(value: float) -> str:
     return str(value) if not math.isfinite(value) else f"{value:.4g}"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float | None) -> str:
+    """Seconds for a person: '0.5 s', '42 s', '14.4 min', '32.5 h' ('' when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -298,10 +303,10 @@ def dead_run(history: RunHistory, thresholds: Thresholds, now_ms: int) -> Findin
         return None
     epochs = history.epochs()
     last = f"the last epoch ({epochs[-1]})" if epochs else "the last epoch metric"
-    basis = (f"max({thresholds.dead_factor:g} x mean epoch_time_s {_duration(mean_epoch_s)}, "
-             f"{_duration(thresholds.dead_min_seconds)})" if mean_epoch_s is not None
+    basis = (f"max({thresholds.dead_factor:g} x mean epoch_time_s {format_duration(mean_epoch_s)}, "
+             f"{format_duration(thresholds.dead_min_seconds)})" if mean_epoch_s is not None
              else "dead_min_seconds; no epoch_time_s logged")
-    evidence = f"status RUNNING but {last} was logged {_duration(silent_s)} ago (limit {_duration(limit_s)} = {basis})"
+    evidence = f"status RUNNING but {last} was logged {format_duration(silent_s)} ago (limit {format_duration(limit_s)} = {basis})"
     return Finding("dead_run", evidence, tuple(epochs[-1:]),
                    {"silent_s": silent_s, "limit_s": limit_s, "mean_epoch_time_s": mean_epoch_s})
 

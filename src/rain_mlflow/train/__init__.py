@@ -21,6 +21,7 @@ import torch
 from rain_mlflow.config import RunConfig
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import PreparedData, prepare
+from rain_mlflow.diagnostics.rules import format_duration
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import load_pretrained_backbone
 from rain_mlflow.model.factory import build_classifier
@@ -241,7 +242,7 @@ def _note(cfg: RunConfig, state: TrainState, s: dict, result: FitResult, diagnos
     if not state.best_epoch:
         return f"{cfg.preset}: no epoch improved {cfg.train.early_stop_metric}; diagnosis {diagnosis}."
     ending = (f"stopped early by `{result.stopped_by}` after epoch {state.epoch}, saving about "
-              f"{_duration(result.time_saved_s)} of compute" if result.stopped_by else
+              f"{format_duration(result.time_saved_s)} of compute" if result.stopped_by else
               f"early-stopped after epoch {state.epoch} (patience {cfg.train.patience})" if result.early_stopped
               else f"ran all {state.epoch} epochs")
     mean_time = sum(h["epoch_time_s"] for h in state.history.values()) / len(state.history)
@@ -250,14 +251,6 @@ def _note(cfg: RunConfig, state: TrainState, s: dict, result: FitResult, diagnos
             f"{s['best_val_accuracy']:.1%} (majority {s['val_majority_accuracy']:.1%}), test accuracy "
             f"{s['best_test_accuracy']:.1%}, val MCC {state.history[state.best_epoch]['val_mcc']:+.3f}; "
             f"{ending}; {mean_time:.1f} s/epoch; diagnosis: {diagnosis}.")
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds:.0f} s"
 
 
 def _resume_source(run_id: str, overrides: dict[str, Any]) -> tuple[RunConfig, dict]:
@@ -313,8 +306,8 @@ def _dry_run(cfg: RunConfig, data: PreparedData, report: dict, model: torch.nn.M
     if budget:
         verdict = "within" if est.vram_gb <= budget else "OVER"
         echo(f"  budget {budget:g} GB: {verdict} budget")
-    echo(f"epoch time on {precision.device.type} ({precision.name}): {_duration(est.epoch_time_s)} "
+    echo(f"epoch time on {precision.device.type} ({precision.name}): {format_duration(est.epoch_time_s)} "
          f"({est.steps_per_epoch} steps of {est.step_time_s:.3f} s + evaluation); "
-         f"{cfg.train.train_epochs} epochs at most: {_duration(est.epoch_time_s * cfg.train.train_epochs)}")
+         f"{cfg.train.train_epochs} epochs at most: {format_duration(est.epoch_time_s * cfg.train.train_epochs)}")
     return {"dry_run": True, "vram_gb": est.vram_gb, "epoch_time_s": est.epoch_time_s, "n_params": est.n_params,
             "tokens_per_sample": est.tokens_per_sample, **data.class_counts()}
