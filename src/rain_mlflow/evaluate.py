@@ -109,10 +109,9 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
     model_uri = model_uri or DEFAULT_MODEL_URI
     model, trained_run = load_model(model_uri)
     trained_cfg = RunConfig.from_dict(model.config)
-    new_data = overrides.get("data") not in (None, trained_cfg.data.data)
+    # Another file: score all its windows. The training data (or the embedded record): its test split.
+    new_data = overrides.get("data") not in (None, trained_cfg.data.data, SYNTHETIC)
     cfg = trained_cfg.with_overrides(**{**overrides, "features": ",".join(model.features)})
-    if new_data and cfg.data.data == SYNTHETIC:
-        new_data = False
     _, cleaned = load_clean(cfg.data)
     windows = evaluation_windows(cleaned, cfg, model.window, test_split_only=not new_data)
     probability = rain_probabilities(model, windows)

@@ -174,10 +174,6 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def delete_tag(self, key: str) -> None:
-        if key in self.client.get_run(self.run_id).data.tags:
-            self.client.delete_tag(self.run_id, key)
-
     def set_note(self, text: str) -> None:
         self.set_tags({"mlflow.note.content": text})
 
@@ -187,9 +183,6 @@ class Tracker:
 
     def current_diagnosis(self) -> str:
         return self.client.get_run(self.run_id).data.tags.get("diagnosis", "ok")
-
-    def params(self) -> dict[str, str]:
-        return dict(self.client.get_run(self.run_id).data.params)
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}

@@ -8,15 +8,14 @@ from rain_mlflow.config import SYNTHETIC, DataConfig
 from rain_mlflow.data.clean import CleanResult, clean
 from rain_mlflow.data.io import read_csv
 
-SYNTHETIC_SOURCE = "rain_mlflow.synth(years=11, freq=1h, seed=0)"
-
-
 def load_raw(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
     """The raw record and a description of where it came from (a path, or the synthetic generator)."""
     if cfg.data == SYNTHETIC:
-        from rain_mlflow.synth import synthetic_frame
+        from rain_mlflow.synth import SynthConfig, synthetic_frame
 
-        return synthetic_frame(), SYNTHETIC_SOURCE
+        embedded = SynthConfig()
+        return (synthetic_frame(embedded.years, embedded.freq, embedded.seed),
+                f"rain_mlflow.synth(years={embedded.years:g}, freq={embedded.freq}, seed={embedded.seed})")
     return read_csv(cfg.data, cfg.na_values), cfg.data
 
 
