@@ -68,6 +68,24 @@ def test_precision_follows_the_hardware(monkeypatch):
         select_precision("fp16", cpu)
 
 
+@pytest.mark.parametrize("capability, auto, tf32", [((7, 0), "fp16", False), ((7, 5), "fp16", False),
+                                                     ((8, 0), "bf16", True), ((9, 0), "bf16", True)])
+def test_cuda_precision_follows_the_compute_capability(monkeypatch, capability, auto, tf32):
+    # No such GPU here: the capability query is the one thing faked; everything after it is the real choice.
+    monkeypatch.setattr(precision_module, "cuda_capability", lambda device: capability)
+    cuda = torch.device("cuda")
+    chosen = select_precision("auto", cuda)
+    assert (chosen.name, chosen.needs_scaler, chosen.tf32) == (auto, auto == "fp16", tf32)
+    assert select_precision("fp16", cuda).needs_scaler
+    assert select_precision("off", cuda).name == "fp32" and not select_precision("off", cuda).tf32
+    if auto == "bf16":
+        assert select_precision("bf16", cuda).name == "bf16"
+    else:  # a T4 or V100: bf16 only by emulation, refused with the reason
+        with pytest.raises(ConfigError, match=rf"amp must be auto, fp16 or off on a GPU of compute capability "
+                                               rf"{capability[0]}\.{capability[1]} .*; got 'bf16'"):
+            select_precision("bf16", cuda)
+
+
 def test_cpu_flags_are_read_from_the_processor():
     flags = open("/proc/cpuinfo").read()
     assert precision_module.cpu_has_bf16_units() == (" avx512_bf16" in flags or " amx_bf16" in flags)

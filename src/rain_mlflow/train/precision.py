@@ -1,7 +1,11 @@
 """Device and mixed precision, decided once from the hardware (the loop never branches on them).
 
-- CUDA with bf16 support (Ampere and newer): bf16 autocast, no grad scaler.
-- CUDA without it (a T4): fp16 autocast with a GradScaler (fp16 gradients underflow without loss scaling).
+- CUDA compute capability 8.0 and up (A100, L4, RTX 30xx, H100): bf16 autocast, no grad scaler, and TF32 for the
+  float32 matmuls that remain.
+- CUDA below 8.0 (T4 = 7.5, V100 = 7.0): fp16 autocast with a GradScaler (fp16 gradients underflow without loss
+  scaling). These GPUs have fp16 tensor cores but none for bf16: `torch.cuda.is_bf16_supported()` still answers
+  True on a T4 because bf16 can be emulated, and emulated bf16 runs without tensor cores, several times slower.
+  So the choice reads the compute capability, never that function; `amp=bf16` there is refused.
 - CPU with bf16 matrix units (AMX or AVX512-BF16): bf16 autocast; measured 1.5-2.4x faster than fp32 for this
   architecture on such a processor. Any other CPU: fp32.
 """
@@ -16,6 +20,8 @@ import torch
 
 from rain_mlflow.errors import ConfigError
 
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere: the first CUDA generation with bf16 (and TF32) tensor cores
+
 
 def cpu_has_bf16_units() -> bool:
     try:
@@ -23,6 +29,11 @@ def cpu_has_bf16_units() -> bool:
     except OSError:
         return False
     return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device; the one hardware query the precision choice makes."""
+    return torch.cuda.get_device_capability(device)
 
 
 def select_device(requested: str) -> torch.device:
@@ -42,6 +53,7 @@ def select_device(requested: str) -> torch.device:
 class Precision:
     device: torch.device
     dtype: torch.dtype | None   # autocast dtype, None = fp32
+    tf32: bool = False          # float32 matmuls may use TF32 tensor cores (CUDA >= 8.0)
 
     @property
     def name(self) -> str:
@@ -59,17 +71,28 @@ class Precision:
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.needs_scaler)
 
+    def configure_backends(self) -> None:
+        """Process-wide matmul settings for this precision; call once before training."""
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+
 
 def select_precision(mode: str, device: torch.device) -> Precision:
+    if device.type == "cuda":
+        capability = cuda_capability(device)
+        native_bf16 = capability >= NATIVE_BF16_CAPABILITY
+        if mode == "bf16" and not native_bf16:
+            raise ConfigError(
+                f"amp must be auto, fp16 or off on a GPU of compute capability {capability[0]}.{capability[1]} "
+                "(bf16 needs 8.0 or newer: A100, L4, RTX 30xx, H100; a T4 is 7.5); got 'bf16'")
+        if mode == "off":  # full float32 when asked for: no TF32 either
+            return Precision(device, None)
+        if mode == "auto":
+            mode = "bf16" if native_bf16 else "fp16"
+        return Precision(device, torch.bfloat16 if mode == "bf16" else torch.float16, tf32=native_bf16)
     if mode == "off":
         return Precision(device, None)
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if mode == "bf16" and not bf16_ok:
-            raise ConfigError(f"amp=bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or auto")
-        if mode == "auto":
-            return Precision(device, torch.bfloat16 if bf16_ok else torch.float16)
-        return Precision(device, torch.bfloat16 if mode == "bf16" else torch.float16)
     if mode == "fp16":
         raise ConfigError("amp=fp16 needs a CUDA device; on CPU use auto, bf16 or off")
     if mode == "bf16" or (mode == "auto" and cpu_has_bf16_units()):
