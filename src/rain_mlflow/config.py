@@ -86,7 +86,8 @@ class ModelConfig:
     activation: str = _f("relu", "FFN activation", choices=ACTIVATIONS)
     use_norm: bool = _f(False, "per-window instance normalisation (the released checkpoint was trained with it)")
     pooling: str = _f("last", "how token features become one vector per window", choices=POOLINGS)
-    pretrain_model_path: str | None = _f(None, "official Timer-XL checkpoint to start the backbone from")
+    pretrain_model_path: str | None = _f(None, "pretrained backbone: a release name (timer-xl-260b, downloaded "
+                                               "once into the cache), an http(s) URL, a checkpoint file, or none")
     freeze_epochs: int = _f(0, "keep the pretrained backbone frozen for the first N epochs", min=0)
 
     def __post_init__(self) -> None:
@@ -106,7 +107,14 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, early stopping, precision, reproducibility and live diagnosis."""
 
-    batch_size: int = _f(32, "windows per optimisation step", min=1)
+    batch_size: int = _f(32, "windows per forward/backward pass (the memory-relevant batch)", min=1)
+    accumulate_steps: int = _f(1, "add the gradients of this many batches before each optimiser step (effective "
+                                  "batch = batch_size x accumulate_steps)", min=1)
+    checkpoint_activations: bool = _f(False, "recompute each Timer layer in backward instead of keeping its "
+                                             "activations: less memory, about a third more compute")
+    compile: bool = _f(False, "torch.compile the model (falls back to eager with a warning where it cannot)")
+    check_loss_every: int = _f(50, "look for a NaN/inf loss every this many optimiser steps (each look waits "
+                                    "for the GPU)", min=1)
     learning_rate: float = _f(1e-4, "peak AdamW learning rate", gt=0.0)
     weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0)
     train_epochs: int = _f(20, "maximum number of epochs", min=1)

@@ -19,9 +19,11 @@ from rain_mlflow.model.classifier import RainClassifier
 
 def build_classifier(cfg: RunConfig, n_vars: int) -> RainClassifier:
     m = cfg.model
-    return RainClassifier(input_token_len=m.input_token_len, d_model=m.d_model, n_heads=m.n_heads,
-                          e_layers=m.e_layers, d_ff=m.d_ff, dropout=m.dropout, activation=m.activation,
-                          use_norm=m.use_norm, n_vars=n_vars, pooling=m.pooling)
+    classifier = RainClassifier(input_token_len=m.input_token_len, d_model=m.d_model, n_heads=m.n_heads,
+                                e_layers=m.e_layers, d_ff=m.d_ff, dropout=m.dropout, activation=m.activation,
+                                use_norm=m.use_norm, n_vars=n_vars, pooling=m.pooling)
+    classifier.backbone.use_activation_checkpointing(cfg.train.checkpoint_activations)
+    return classifier
 
 
 class RainModel(nn.Module):

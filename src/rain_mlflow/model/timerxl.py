@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 ACTIVATIONS = ("relu", "gelu")
 ROPE_BASE = 10000.0
@@ -167,16 +168,25 @@ class TimerLayer(nn.Module):
 
 
 class TimerBlocks(nn.Module):
-    """The layer stack plus the final LayerNorm (key prefix `blocks`)."""
+    """The layer stack plus the final LayerNorm (key prefix `blocks`).
+
+    With `checkpoint_layers` each layer keeps only its input for backward and recomputes the rest then
+    (non-reentrant `torch.utils.checkpoint`, which replays dropout with the same random state): activation memory
+    drops from every layer's intermediates to one [B, T, D] tensor per layer, for about one extra forward pass.
+    """
 
     def __init__(self, layers: list[TimerLayer], d_model: int) -> None:
         super().__init__()
         self.attn_layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(d_model)
+        self.checkpoint_layers = False
 
     def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        # Nothing to save when no gradient flows (evaluation, or a frozen backbone).
+        recompute = self.checkpoint_layers and torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.attn_layers.parameters()))
         for layer in self.attn_layers:
-            x = layer(x, layout)
+            x = checkpoint(layer, x, layout, use_reentrant=False) if recompute else layer(x, layout)
         return self.norm(x)
 
 
@@ -215,6 +225,7 @@ class TimerXL(nn.Module):
         dropout: float,
         activation: str,
         use_norm: bool,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
         _check_config(
@@ -230,8 +241,13 @@ class TimerXL(nn.Module):
         layers = [TimerLayer(d_model, n_heads, d_ff, dropout, activation) for _ in range(e_layers)]
         self.blocks = TimerBlocks(layers, d_model)
         self.head = nn.Linear(d_model, output_token_len)
+        self.use_activation_checkpointing(checkpoint_activations)
         # Plain dict, not buffers: the checkpoint holds no buffers, and the tables depend on the input shape.
         self._layouts: dict[tuple, TokenLayout] = {}
+
+    def use_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each layer in backward instead of keeping its activations (see TimerBlocks)."""
+        self.blocks.checkpoint_layers = bool(enabled)
 
     def __getstate__(self) -> dict:
         # Pickling the whole module (mlflow.pytorch.log_model does) must not carry cached CUDA tensors to a

@@ -1,13 +1,19 @@
 """The training loop: one readable `fit` plus small helpers.
 
-Per epoch, in this order: (1) set LR per step and train on shuffled windows gathered on the device, (2) evaluate
-validation and test, (3) early stopping and checkpoints (best.pt when improved, last.pt always, both logged before
-the epoch's metrics, so a resumed run can always re-log what a kill interrupted and never logs an epoch twice),
-(4) the epoch's metrics and confusion matrices, (5) the live diagnosis, which may stop the run.
+Per epoch, in this order: (1) set LR per optimiser step and train on shuffled windows gathered on the device,
+adding the gradients of `accumulate_steps` batches before each step, (2) evaluate validation and test, (3) early
+stopping and checkpoints (best.pt when improved, last.pt always, both logged before the epoch's metrics, so a
+resumed run can always re-log what a kill interrupted and never logs an epoch twice), (4) the epoch's metrics and
+confusion matrices, (5) the live diagnosis, which may stop the run.
+
+The host never waits for the GPU inside the step loop: the loss sum and a marker of the first NaN / inf loss stay
+on the device (`LossWatch`) and are read every `check_loss_every` optimiser steps and at the end of the epoch. A
+non-finite loss still stops the run, naming the epoch, the step and the steps that check covered.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -24,12 +30,13 @@ from rain_mlflow.config import RunConfig
 from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import set_backbone_frozen
-from rain_mlflow.train import checkpoint
+from rain_mlflow.train.checkpoint import LAST_FORMAT, model_payload, save as save_checkpoint
 from rain_mlflow.train.losses import build_loss
 from rain_mlflow.train.metrics import confusion, split_metrics
 from rain_mlflow.train.precision import Precision
 from rain_mlflow.train.schedule import lr_at
 
+log = logging.getLogger(__name__)
 MODE = {"val_loss": "min", "val_f1": "max", "val_accuracy": "max", "val_mcc": "max"}
 
 
@@ -100,8 +107,9 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
     batches = Batches(data, device)
     train_split = data.splits["train"]
     criterion = build_loss(t.loss, t.focal_gamma, train_split.no_rain, train_split.rain).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    optimizer = build_optimizer(model, t.learning_rate, t.weight_decay, device)
     scaler = precision.grad_scaler()
+    net = compile_or_eager(model, batches, precision) if t.compile else model  # `model` keeps the state dict
     order = torch.Generator().manual_seed(t.seed)  # batch order; its state travels in last.pt
     state = TrainState()
     if resume is not None:
@@ -122,11 +130,11 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
         started = time.perf_counter()
 
         # 1. train
-        train_loss, lr, train_seconds = train_one_epoch(cfg, model, batches, criterion, optimizer, scaler,
+        train_loss, lr, train_seconds = train_one_epoch(cfg, net, batches, criterion, optimizer, scaler,
                                                         precision, order, epoch)
         # 2. evaluate
-        val, val_cm = evaluate(model, batches, "val", criterion, precision, 2 * t.batch_size)
-        test, test_cm = evaluate(model, batches, "test", criterion, precision, 2 * t.batch_size)
+        val, val_cm = evaluate(net, batches, "val", criterion, precision, 2 * t.batch_size)
+        test, test_cm = evaluate(net, batches, "test", criterion, precision, 2 * t.batch_size)
         metrics = {"train_loss": train_loss, **val, **test, "lr": lr,
                    "epoch_time_s": time.perf_counter() - started,
                    "samples_per_s": train_split.size / max(train_seconds, 1e-9)}
@@ -143,11 +151,11 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
         if state.improved(value, mode):
             state.best_value, state.best_epoch, state.bad_epochs = value, epoch, 0
             files["best"] = workdir / "best.pt"
-            checkpoint.save(_model_payload(cfg, model, data, epoch, metrics, run_id), files["best"])
+            save_checkpoint(_model_payload(cfg, model, data, epoch, metrics, run_id), files["best"])
         else:
             state.bad_epochs += 1
         files["last"] = workdir / "last.pt"
-        checkpoint.save(_last_payload(cfg, model, data, optimizer, scaler, order, state, run_id), files["last"])
+        save_checkpoint(_last_payload(cfg, model, data, optimizer, scaler, order, state, run_id), files["last"])
 
         # 4 and 5. track, diagnose live; the callback returns a flag when a stop rule fired
         stopped_by = on_epoch(epoch, metrics, state, files)
@@ -168,39 +176,98 @@ def train_one_epoch(cfg: RunConfig, model: nn.Module, batches: Batches, criterio
     """One pass over the shuffled training windows; returns (mean loss, last LR, seconds)."""
     t = cfg.train
     model.train()
+    device = batches.series.device
     n = len(batches.ends["train"])
-    permutation = torch.randperm(n, generator=order).to(batches.series.device)
-    steps = math.ceil(n / t.batch_size)
-    total = torch.zeros((), device=batches.series.device)
-    lr = t.learning_rate
+    permutation = torch.randperm(n, generator=order).to(device)
+    per_step = t.batch_size * t.accumulate_steps  # windows per optimiser step (the effective batch)
+    steps = math.ceil(n / per_step)
+    watch = LossWatch(device)
+    total, checked, lr = 0.0, 0, t.learning_rate
     started = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"epoch {epoch}/{t.train_epochs}", leave=False, unit="batch",
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{t.train_epochs}", leave=False, unit="step",
                disable=not sys.stderr.isatty(), file=sys.stderr)
     for step in bar:
         lr = lr_at(t.learning_rate, t.lradj, epoch - 1, t.train_epochs, step, steps, t.warmup_epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = permutation[step * t.batch_size:(step + 1) * t.batch_size]
-        x, y = batches.get("train", index)
-        with precision.autocast():
-            loss = criterion(model(x), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"training stopped: the loss became {loss.item()} at epoch {epoch}, step "
-                                f"{step + 1}/{steps} (learning_rate {t.learning_rate:g}); lower learning_rate, "
-                                "check the data, or use amp=off", epoch)
+        first, last = step * per_step, min((step + 1) * per_step, n)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        for start in range(first, last, t.batch_size):
+            index = permutation[start:min(start + t.batch_size, last)]
+            x, y = batches.get("train", index)
+            with precision.autocast():
+                loss = criterion(model(x), y)
+            # Weighted by its share of the step's windows, so the step's gradient is the mean over all of them.
+            scaler.scale(loss * (len(index) / (last - first))).backward()
+            watch.add(loss, len(index), step)
         if t.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        total += loss.detach() * len(index)
-        if step % 20 == 0 and bar.disable is False:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-    if batches.series.device.type == "cuda":
+        if (step + 1) % t.check_loss_every == 0 or step + 1 == steps:  # the only host syncs of the loop
+            total = watch.check(epoch, checked, step + 1, steps, t.learning_rate)
+            checked = step + 1
+            if not bar.disable:
+                bar.set_postfix(loss=f"{total / last:.4f}", lr=f"{lr:.2e}")
+    if device.type == "cuda":
         torch.cuda.synchronize()
-    return float(total.item() / n), lr, time.perf_counter() - started
+    return total / n, lr, time.perf_counter() - started
+
+
+class LossWatch:
+    """The epoch's loss sum and its first non-finite loss, kept on the device so that steps never wait for it."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1.0, device=device)   # 0-based step of the first NaN / inf loss, or -1
+        self.bad_value = torch.zeros((), device=device)
+
+    def add(self, loss: Tensor, windows: int, step: int) -> None:
+        loss = loss.detach().float()
+        self.total += loss * windows
+        fresh = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(fresh, float(step), self.first_bad)
+        self.bad_value = torch.where(fresh, loss, self.bad_value)
+
+    def check(self, epoch: int, checked: int, done: int, steps: int, learning_rate: float) -> float:
+        """Read the device state (one host sync); raise NonFiniteLoss if a loss in steps checked+1..done was bad."""
+        total, first_bad, value = torch.stack([self.total, self.first_bad, self.bad_value]).tolist()
+        if first_bad >= 0:
+            raise NonFiniteLoss(
+                f"training stopped: the loss became {value} at epoch {epoch}, step {int(first_bad) + 1}/{steps} "
+                f"(found by the check over steps {checked + 1}-{done}; learning_rate {learning_rate:g}); lower "
+                "learning_rate, check the data, or use amp=off", epoch)
+        return total
+
+
+def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
+                    device: torch.device) -> torch.optim.AdamW:
+    """AdamW; fused on CUDA: one kernel for all parameters, and a GradScaler's inf check without a host sync."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay, **fused)
+
+
+def compile_or_eager(model: nn.Module, batches: Batches, precision: Precision) -> nn.Module:
+    """`torch.compile(model)`, tried once on two training windows (forward and backward, random state untouched);
+    the eager model and one warning where it cannot compile (no C++ compiler, an unsupported platform...)."""
+    device = precision.device
+    x, _ = batches.get("train", torch.arange(min(2, len(batches.ends["train"])), device=device))
+    compiled = torch.compile(model)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model.train()
+            with precision.autocast():
+                out = compiled(x)
+            out.float().sum().backward()
+    except Exception as exc:  # compilers fail in many ways; training must not
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        log.warning("compile: torch.compile failed here, training without it (%s: %s)", type(exc).__name__, reason)
+        torch._dynamo.reset()
+        return model
+    finally:
+        model.zero_grad(set_to_none=True)
+    return compiled
 
 
 @torch.no_grad()
@@ -228,15 +295,14 @@ def evaluate(model: nn.Module, batches: Batches, split: str, criterion: nn.Modul
 
 def _model_payload(cfg: RunConfig, model: nn.Module, data: PreparedData, epoch: int, metrics: dict,
                    run_id: str | None) -> dict:
-    return checkpoint.model_payload(cfg, model, epoch, metrics, data.features, data.scaler_mean,
-                                    data.scaler_scale, run_id)
+    return model_payload(cfg, model, epoch, metrics, data.features, data.scaler_mean, data.scaler_scale, run_id)
 
 
 def _last_payload(cfg: RunConfig, model: nn.Module, data: PreparedData, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, order: torch.Generator, state: TrainState,
                   run_id: str | None) -> dict:
     payload = _model_payload(cfg, model, data, state.epoch, state.history[state.epoch], run_id)
-    payload.update(format=checkpoint.LAST_FORMAT, optimizer=optimizer.state_dict(),
+    payload.update(format=LAST_FORMAT, optimizer=optimizer.state_dict(),
                    grad_scaler=scaler.state_dict(), train_state=state.to_dict(), rng=_get_rng(order))
     return payload
 
