@@ -25,7 +25,7 @@ def test_presets_carry_the_seed_settings():
     assert small.train.vram_budget_gb == 5.0 and small.train.learning_rate == 1e-4
     assert (efficient.model.e_layers, efficient.model.d_model, efficient.model.d_ff, efficient.train.learning_rate,
             efficient.model.dropout, efficient.train.train_epochs) == (5, 640, 1280, 8e-5, 0.15, 25)
-    assert transfer.model.pretrain_model_path == "checkpoints/timer_xl/checkpoint.pth"
+    assert transfer.model.pretrain_model_path == "timer-xl-260b"  # the release, downloaded on first use
     assert (transfer.train.learning_rate, transfer.model.dropout, transfer.train.vram_budget_gb) == (5e-5, 0.2, 7.0)
     assert (long.data.seq_len, long.train.batch_size, long.preset) == (2880, 12, "transfer_long")
 

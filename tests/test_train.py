@@ -273,8 +273,11 @@ def test_bad_parameters_exit_2_before_any_run(store, synthetic_csv, cli, tmp_pat
     assert not (tmp_path / "mlflow.db").exists()   # the store was never opened: no run, nothing RUNNING
 
 
-def test_transfer_preset_without_the_checkpoint_file_says_where_it_looked(store, cli, tmp_path):
-    assert_user_error(cli("train", "--preset", "transfer"), "checkpoints/timer_xl/checkpoint.pth")
+def test_transfer_preset_offline_without_the_weights_says_where_it_looked(store, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAIN_MLFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAIN_MLFLOW_OFFLINE", "1")
+    assert_user_error(cli("train", "--preset", "transfer"), "release timer-xl-260b is not in the cache",
+                      str(tmp_path / "cache" / "weights" / "timer-xl-260b.pth"), "--pretrain-model-path FILE")
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -19,6 +19,7 @@ from rain_mlflow import __version__
 from rain_mlflow.config import (CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME,
                                 field_type)
 from rain_mlflow.errors import UserError
+from rain_mlflow.weights import DEFAULT_RELEASE
 
 DATA_FIELDS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq", "max_gap",
                "max_missing_fraction")
@@ -102,24 +103,92 @@ def clean(output: str, report_path: str | None, experiment: str | None, **option
 @click.option("--resume", default=None, metavar="RUN_ID", help="continue this killed run from its last epoch")
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=False, flag_value="true", default="false",
               metavar="BOOL", help="resolve and estimate (sizes, VRAM, epoch time) without training")
+@click.option("--format", "--fmt", "fmt", default="text", metavar="text|json",
+              help="with --dry-run: json prints one JSON object (config, windows, estimates, weights) for scripts")
 @click.option("--experiment", default=None, help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 @click.option("--run-name", "--run_name", "run_name", default=None, help="MLflow run name [default: the preset]")
-def train(preset: str | None, resume: str | None, dry_run: str, experiment: str | None, run_name: str | None,
-          **options: Any) -> None:
+def train(preset: str | None, resume: str | None, dry_run: str, fmt: str, experiment: str | None,
+          run_name: str | None, **options: Any) -> None:
     """Train a classifier and record everything in one MLflow run."""
     from rain_mlflow import presets
     from rain_mlflow.config import parse_bool
     from rain_mlflow.train import run_training
 
     dry = parse_bool("dry_run", dry_run)
+    if fmt not in ("text", "json") or (fmt == "json" and not dry):
+        allowed = "text or json" if dry else "text (json is for --dry-run)"
+        raise UserError(f"format must be {allowed}; got {fmt!r}")
     overrides = overrides_from(options)
     if resume:
         if preset:
             raise UserError("--resume continues a run with its own preset; drop --preset")
-        run_training(None, overrides=overrides, resume=resume, dry_run=dry, experiment=experiment)
+        run_training(None, overrides=overrides, resume=resume, dry_run=dry, experiment=experiment,
+                     output_format=fmt)
         return
     cfg = presets.build(preset or presets.DEFAULT_PRESET, overrides)
-    run_training(cfg, overrides=overrides, dry_run=dry, experiment=experiment, run_name=run_name)
+    run_training(cfg, overrides=overrides, dry_run=dry, experiment=experiment, run_name=run_name, output_format=fmt)
+
+
+@cli.group()
+def weights() -> None:
+    """Released pretrained weights: download them into the cache, verify a file, show where they are.
+
+    NAME is a release (timer-xl-260b, the default), an http(s) URL or, for `verify`, a file. The cache is
+    $RAIN_MLFLOW_CACHE, else ~/.cache/rain-mlflow; RAIN_MLFLOW_WEIGHTS_MIRROR=URL fetches releases from
+    URL/NAME.pth instead; RAIN_MLFLOW_OFFLINE=1 forbids downloading.
+    """
+
+
+@weights.command("download")
+@click.argument("name", default=DEFAULT_RELEASE)
+def weights_download(name: str) -> None:
+    """Download NAME into the cache (once) and verify it; print its path and sha256."""
+    from rain_mlflow import weights as released
+
+    source = _remote_weights(name)
+    resolved = released.fetch(source)
+    verb = "downloaded" if resolved.downloaded else "already cached"
+    click.echo(f"{verb}: {resolved.path}  sha256 {resolved.sha256}  from {resolved.origin}")
+
+
+@weights.command("verify")
+@click.argument("name", default=DEFAULT_RELEASE)
+def weights_verify(name: str) -> None:
+    """Check that NAME (cached) or a file loads with weights_only=True and has the released layout."""
+    from rain_mlflow import weights as released
+
+    source = released.parse(name)
+    if source is None:
+        raise UserError(f"name must be a release ({', '.join(released.RELEASES)}), a URL or a file; got {name!r}")
+    if source.kind != "file" and not source.path.is_file():
+        raise UserError(f"{source.label} is not in the cache ({source.path}); run `rain-mlflow weights download "
+                        f"{name}` first")
+    if not source.path.is_file():
+        released.fetch(source)  # the missing-file error
+    layout = released.expected_layout(source, None)
+    counts = released.verify(source.path, layout, source.label)
+    click.echo(f"ok: {source.path}: {counts['n_tensors']} tensors, {counts['n_parameters']:,} parameters, the "
+               f"layout of {source.spec if source.release else released.DEFAULT_RELEASE}; "
+               f"sha256 {released.sha256_of(source.path)}")
+
+
+@weights.command("path")
+@click.argument("name", default=DEFAULT_RELEASE)
+def weights_path(name: str) -> None:
+    """Print where NAME is (or will be) cached."""
+    source = _remote_weights(name)
+    click.echo(str(source.path))
+    if not source.path.is_file():
+        click.echo(f"info: not downloaded yet; `rain-mlflow weights download {name}` fetches it", err=True)
+
+
+def _remote_weights(name: str) -> Any:
+    from rain_mlflow import weights as released
+
+    source = released.parse(name)
+    if source is None or source.kind == "file":
+        raise UserError(f"name must be a release ({', '.join(released.RELEASES)}) or an http(s) URL; got {name!r}")
+    return source
 
 
 @cli.command()

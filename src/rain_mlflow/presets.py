@@ -15,9 +15,9 @@ from typing import Any
 
 from rain_mlflow.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rain_mlflow.errors import ConfigError
+from rain_mlflow.weights import DEFAULT_RELEASE
 
 DEFAULT_PRESET = "small"
-PRETRAINED_PATH = "checkpoints/timer_xl/checkpoint.pth"  # where the transfer presets expect the released weights
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,13 @@ def scratch() -> RunConfig:
 
 def transfer() -> RunConfig:
     # The seed's corrected transfer run: released Timer-XL weights, 60-day windows, batch 16. The released
-    # checkpoint was pretrained with per-window normalisation, so use_norm stays on.
+    # checkpoint was pretrained with per-window normalisation, so use_norm stays on. The weights are named by
+    # release and downloaded into the cache on first use (`rain_mlflow.weights`).
     return _config(
         "transfer",
         data=dict(seq_len=1440),
         model=dict(d_model=1024, n_heads=8, e_layers=8, d_ff=2048, dropout=0.2, use_norm=True,
-                   pretrain_model_path=PRETRAINED_PATH),
+                   pretrain_model_path=DEFAULT_RELEASE),
         train=dict(batch_size=16, learning_rate=5e-5, train_epochs=30, patience=8, lradj="cosine",
                    vram_budget_gb=7.0),
     )

@@ -28,14 +28,47 @@ _DDP_PREFIX = "module."
 def load_pretrained_backbone(backbone: TimerXL, path: str | Path) -> dict:
     """Load the checkpoint at `path` into `backbone` strictly; return {path, n_tensors, n_parameters}."""
     path = Path(path)
-    state = _strip_prefix(_unwrap(_read(path), path))
-    _check_fits(state, backbone.state_dict(), path)
+    state = read_state_dict(path)
+    check_fits(shapes_of(state), shapes_of(backbone.state_dict()), f"checkpoint {path}")
     backbone.load_state_dict(state, strict=True)
     return {
         "path": str(path),
         "n_tensors": len(state),
         "n_parameters": sum(tensor.numel() for tensor in state.values()),
     }
+
+
+def read_state_dict(path: Path, label: str | None = None) -> dict[str, Tensor]:
+    """The backbone state dict in the file at `path` (unwrapped, prefix stripped); errors name `label` or path."""
+    label = label or f"checkpoint {path}"
+    return _strip_prefix(_unwrap(_read(path, label), label))
+
+
+def shapes_of(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(tensor.shape) for key, tensor in state.items()}
+
+
+def check_fits(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], label: str) -> None:
+    """Raise on the first missing key, unexpected key or shape mismatch (in the model's key order)."""
+    prefix = f"{label} does not fit the model:"
+    missing = [key for key in expected if key not in found]
+    if missing:
+        raise CheckpointError(
+            f"{prefix} {len(missing)} key(s) missing from the file, first {missing[0]} "
+            "(e_layers differs, or not a Timer-XL checkpoint?)"
+        )
+    unexpected = [key for key in found if key not in expected]
+    if unexpected:
+        raise CheckpointError(
+            f"{prefix} {len(unexpected)} unexpected key(s) in the file, first {unexpected[0]} "
+            "(e_layers differs, or not a Timer-XL checkpoint?)"
+        )
+    for key, shape in expected.items():
+        if tuple(found[key]) != tuple(shape):
+            raise CheckpointError(
+                f"{prefix} {key} has shape {list(found[key])} in the file but {list(shape)} in the "
+                f"model ({_shape_hint(key)} differ?)"
+            )
 
 
 def set_backbone_frozen(model: RainClassifier, frozen: bool) -> None:
@@ -47,11 +80,11 @@ def set_backbone_frozen(model: RainClassifier, frozen: bool) -> None:
         parameter.requires_grad_(not frozen)
 
 
-def _read(path: Path) -> object:
+def _read(path: Path, label: str) -> object:
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{label} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file")
+        raise CheckpointError(f"{label} is not a file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -59,19 +92,18 @@ def _read(path: Path) -> object:
         # a function such as os.system); other refusals mean the bytes are not a checkpoint at all.
         if "GLOBAL" in str(error):
             raise CheckpointError(
-                f"checkpoint {path} contains Python objects other than tensors; refusing to load it "
-                "(weights_only=True)"
+                f"{label} contains Python objects other than tensors; refusing to load it (weights_only=True)"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint") from None
+        raise CheckpointError(f"{label} is truncated or not a PyTorch checkpoint") from None
     except PermissionError:
-        raise CheckpointError(f"checkpoint {path} cannot be read: permission denied") from None
+        raise CheckpointError(f"{label} cannot be read: permission denied") from None
     except Exception as error:  # damaged files surface as RuntimeError, OSError, EOFError, KeyError...
         raise CheckpointError(
-            f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(error).__name__})"
+            f"{label} is truncated or not a PyTorch checkpoint ({type(error).__name__})"
         ) from None
 
 
-def _unwrap(content: object, path: Path) -> dict[str, Tensor]:
+def _unwrap(content: object, label: str) -> dict[str, Tensor]:
     if isinstance(content, dict) and not _all_tensors(content):
         for key in _WRAPPER_KEYS:
             if isinstance(content.get(key), dict):
@@ -79,42 +111,19 @@ def _unwrap(content: object, path: Path) -> dict[str, Tensor]:
                 break
     if not isinstance(content, dict) or not content:
         raise CheckpointError(
-            f"checkpoint {path} is not a state dict: expected a non-empty dict of tensors (optionally under "
+            f"{label} is not a state dict: expected a non-empty dict of tensors (optionally under "
             f"{' or '.join(repr(k) for k in _WRAPPER_KEYS)}); got {_describe(content)}"
         )
     for key, value in content.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise CheckpointError(
-                f"checkpoint {path} is not a state dict of tensors: entry {key!r} holds {_describe(value)}"
+                f"{label} is not a state dict of tensors: entry {key!r} holds {_describe(value)}"
             )
     return content
 
 
 def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {key.removeprefix(_DDP_PREFIX): value for key, value in state.items()}
-
-
-def _check_fits(state: dict[str, Tensor], expected: dict[str, Tensor], path: Path) -> None:
-    """Raise on the first missing key, unexpected key or shape mismatch (in the model's key order)."""
-    prefix = f"checkpoint {path} does not fit the model:"
-    missing = [key for key in expected if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{prefix} {len(missing)} key(s) missing from the file, first {missing[0]} "
-            "(e_layers differs, or not a Timer-XL checkpoint?)"
-        )
-    unexpected = [key for key in state if key not in expected]
-    if unexpected:
-        raise CheckpointError(
-            f"{prefix} {len(unexpected)} unexpected key(s) in the file, first {unexpected[0]} "
-            "(e_layers differs, or not a Timer-XL checkpoint?)"
-        )
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            raise CheckpointError(
-                f"{prefix} {key} has shape {list(state[key].shape)} in the file but {list(tensor.shape)} in the "
-                f"model ({_shape_hint(key)} differ?)"
-            )
 
 
 def _shape_hint(key: str) -> str:

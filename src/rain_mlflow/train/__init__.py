@@ -1,7 +1,8 @@
 """`train`: validate everything, then one tracked run around the loop in `loop.py`.
 
-Order matters for the user: config, data, device and the pretrained checkpoint are all checked BEFORE an MLflow
-run is created, so a bad parameter costs no run and leaves nothing RUNNING. Then the run records what DESIGN.md
+Order matters for the user: config, data, device and the pretrained weights (found, downloaded if need be, and
+verified: `rain_mlflow.weights`) are all checked BEFORE an MLflow run is created, so a bad parameter or a failed
+download costs no run and leaves nothing RUNNING. `--dry-run` stops before the weights (`dry_run.py`). Then the run records what DESIGN.md
 "What a training run records" lists: params, per-epoch metrics at step = epoch, confusion matrices, checkpoints,
 figures, the cleaning report, the dataset digest, the live diagnosis tags and a summary note.
 """
@@ -23,10 +24,12 @@ from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import PreparedData, prepare
 from rain_mlflow.diagnostics.rules import format_duration
 from rain_mlflow.errors import UserError
+from rain_mlflow import weights
 from rain_mlflow.model import load_pretrained_backbone
 from rain_mlflow.model.factory import build_classifier
+from rain_mlflow.model.transfer import shapes_of
 from rain_mlflow.train import checkpoint
-from rain_mlflow.train.estimate import estimate
+from rain_mlflow.train.dry_run import dry_run_report
 from rain_mlflow.train.loop import FitResult, NonFiniteLoss, TrainState, fit
 from rain_mlflow.train.metrics import baselines
 from rain_mlflow.train.precision import Precision, select_device, select_precision
@@ -37,7 +40,8 @@ RESUMABLE_OVERRIDES = ("train_epochs", "patience", "stop_on", "device", "amp", "
 
 
 def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None, resume: str | None = None,
-                 dry_run: bool = False, experiment: str | None = None, run_name: str | None = None) -> dict:
+                 dry_run: bool = False, experiment: str | None = None, run_name: str | None = None,
+                 output_format: str = "text") -> dict:
     """Train (or resume, or dry-run) and return a small summary dict (run id, best epoch, metrics)."""
     from rain_mlflow.tracking import connect
 
@@ -50,14 +54,21 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
     data = prepare(cleaned, cfg)
     device = select_device(cfg.train.device)
     precision = select_precision(cfg.train.amp, device)
+    precision.configure_backends()
     torch.manual_seed(cfg.train.seed)
     model = build_classifier(cfg, data.n_vars)
+    source = weights.parse(cfg.model.pretrain_model_path) if resume_payload is None else None
+    if source is not None:
+        weights.check_release_fits(source, cfg.model)
+    if dry_run:  # never needs the weights: says where they are or what would be downloaded
+        status = weights.status(source) if source is not None else None
+        return dry_run_report(cfg, data, cleaned.report, model.to(device), precision, status, output_format)
     pretrained = None
-    if cfg.model.pretrain_model_path and resume_payload is None:
-        pretrained = load_pretrained_backbone(model.backbone, cfg.model.pretrain_model_path)
+    if source is not None:  # found, downloaded and verified before any run exists: a failure leaves none behind
+        resolved = weights.fetch(source, shapes_of(model.backbone.state_dict()))
+        pretrained = {**load_pretrained_backbone(model.backbone, resolved.path), "sha256": resolved.sha256,
+                      "source": source.kind, "origin": resolved.origin}
     model.to(device)
-    if dry_run:
-        return _dry_run(cfg, data, cleaned.report, model, precision)
     if not resume:
         connect(experiment)
     return _tracked_run(cfg, data, raw, cleaned.report, model, precision, pretrained, resume, resume_payload,
@@ -101,8 +112,10 @@ def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, cl
               "freq": clean_report["freq"], "runtime_device": str(precision.device),
               "runtime_precision": precision.name, "torch_version": torch.__version__,
               **data.class_counts()}
-    if pretrained:
-        params["pretrained_tensors"] = pretrained.get("n_tensors")
+    params["effective_batch_size"] = cfg.train.batch_size * cfg.train.accumulate_steps
+    if pretrained:  # which bytes the backbone started from, and where they came from
+        params.update(pretrained_tensors=pretrained["n_tensors"], pretrain_sha256=pretrained["sha256"],
+                      pretrain_source=pretrained["source"], pretrain_origin=pretrained["origin"])
     tracker.log_params(params)
     digest = tracker.log_input(raw, source=clean_report["source"], name="station-data", context="training")
     tracker.set_tags({"data_digest": digest, "diagnosis": "ok"})
@@ -278,36 +291,3 @@ def _resume_source(run_id: str, overrides: dict[str, Any]) -> tuple[RunConfig, d
         raise UserError(f"run {run_id} already completed {payload['train_state']['epoch']} of "
                         f"{cfg.train.train_epochs} epochs; pass a larger --train-epochs to continue it")
     return cfg, payload
-
-
-def _dry_run(cfg: RunConfig, data: PreparedData, report: dict, model: torch.nn.Module,
-             precision: Precision) -> dict:
-    est = estimate(model, data, cfg.train.batch_size, precision)
-    echo = click.echo
-    echo(f"preset {cfg.preset}: resolved settings")
-    for key, value in cfg.flat().items():
-        echo(f"  {key:22} {value}")
-    echo(f"data: {report['source']}: {report['steps']} steps of {report['freq']} ({report['start']} .. "
-         f"{report['end']}), features {', '.join(data.features)}")
-    for name, split in data.splits.items():
-        echo(f"  {name:5} {split.size:>7} windows  rain {split.rain:>7} ({split.rain / split.size:.1%})  "
-             f"no rain {split.no_rain:>7}  majority share {split.majority_share:.1%}  "
-             f"dropped (touch missing values) {split.dropped}")
-    for note in data.notes:
-        echo(f"  note: {note}")
-    echo(f"model: {est.n_params:,} parameters ({est.n_trainable:,} trainable); window {data.window} steps = "
-         f"{data.window // cfg.model.input_token_len} tokens x {data.n_vars} variables = {est.tokens_per_sample} "
-         f"tokens per sample")
-    echo(f"device: {precision.device}, precision {precision.name}")
-    echo(f"training memory (VRAM on a GPU), batch {cfg.train.batch_size}: {est.vram_gb:.2f} GB, {est.vram_basis}")
-    echo(f"  = weights {est.weights_gb:.2f} + AdamW {est.optimizer_gb:.2f} + max(activations "
-         f"{est.activations_gb:.2f}, gradients {est.gradients_gb:.2f}) GB, + 5 % (GB = 2^30 bytes)")
-    budget = cfg.train.vram_budget_gb
-    if budget:
-        verdict = "within" if est.vram_gb <= budget else "OVER"
-        echo(f"  budget {budget:g} GB: {verdict} budget")
-    echo(f"epoch time on {precision.device.type} ({precision.name}): {format_duration(est.epoch_time_s)} "
-         f"({est.steps_per_epoch} steps of {est.step_time_s:.3f} s + evaluation); "
-         f"{cfg.train.train_epochs} epochs at most: {format_duration(est.epoch_time_s * cfg.train.train_epochs)}")
-    return {"dry_run": True, "vram_gb": est.vram_gb, "epoch_time_s": est.epoch_time_s, "n_params": est.n_params,
-            "tokens_per_sample": est.tokens_per_sample, **data.class_counts()}

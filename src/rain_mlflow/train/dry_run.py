@@ -1,0 +1,93 @@
+"""`train --dry-run`: the resolved config, the data, the model size, where the weights are and the memory and time
+estimates, without a run and without the weights (as text, or as one JSON object with `--format json`)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import torch
+
+from rain_mlflow import weights
+from rain_mlflow.config import RunConfig
+from rain_mlflow.data.dataset import PreparedData
+from rain_mlflow.diagnostics.rules import format_duration
+from rain_mlflow.train.estimate import Estimate, estimate
+from rain_mlflow.train.precision import Precision
+
+
+def dry_run_report(cfg: RunConfig, data: PreparedData, report: dict, model: torch.nn.Module, precision: Precision,
+                   weights_status: dict | None, output_format: str = "text") -> dict:
+    """Estimate, then print everything (text for people, one JSON object for scripts); return the summary."""
+    t = cfg.train
+    est = estimate(model, data, t.batch_size, precision, t.accumulate_steps)
+    summary = _dry_run_summary(cfg, data, report, est, precision, weights_status)
+    if output_format == "json":
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return summary
+    echo = click.echo
+    echo(f"preset {cfg.preset}: resolved settings")
+    for key, value in cfg.flat().items():
+        echo(f"  {key:22} {value}")
+    echo(f"data: {report['source']}: {report['steps']} steps of {report['freq']} ({report['start']} .. "
+         f"{report['end']}), features {', '.join(data.features)}")
+    for name, split in data.splits.items():
+        echo(f"  {name:5} {split.size:>7} windows  rain {split.rain:>7} ({split.rain / split.size:.1%})  "
+             f"no rain {split.no_rain:>7}  majority share {split.majority_share:.1%}  "
+             f"dropped (touch missing values) {split.dropped}")
+    for note in data.notes:
+        echo(f"  note: {note}")
+    echo(f"model: {est.n_params:,} parameters ({est.n_trainable:,} trainable); window {data.window} steps = "
+         f"{data.window // cfg.model.input_token_len} tokens x {data.n_vars} variables = {est.tokens_per_sample} "
+         f"tokens per sample")
+    echo(f"pretrained weights: {weights.describe(weights_status) if weights_status else 'none (random init)'}")
+    echo(f"device: {precision.device}, precision {precision.name}")
+    batch = f"batch {t.batch_size}" + (f" x {t.accumulate_steps} accumulated = effective batch "
+                                       f"{t.batch_size * t.accumulate_steps}" if est.accumulating else "")
+    echo(f"training memory (VRAM on a GPU), {batch}"
+         f"{', activation checkpointing' if t.checkpoint_activations else ''}: {est.vram_gb:.2f} GB, "
+         f"{est.vram_basis}")
+    live = (f"activations {est.activations_gb:.2f} + gradients {est.gradients_gb:.2f}" if est.accumulating else
+            f"max(activations {est.activations_gb:.2f}, gradients {est.gradients_gb:.2f})")
+    recompute = f" + recompute {est.recompute_gb:.2f}" if t.checkpoint_activations else ""
+    echo(f"  = weights {est.weights_gb:.2f} + AdamW {est.optimizer_gb:.2f} + {live}{recompute} GB, + 5 % "
+         "(GB = 2^30 bytes)")
+    budget = t.vram_budget_gb
+    if budget:
+        verdict = "within" if est.vram_gb <= budget else "OVER"
+        echo(f"  budget {budget:g} GB: {verdict} budget")
+    echo(f"epoch time on {precision.device.type} ({precision.name}): {format_duration(est.epoch_time_s)} "
+         f"({est.steps_per_epoch} steps of {est.step_time_s:.3f} s + evaluation); "
+         f"{t.train_epochs} epochs at most: {format_duration(est.epoch_time_s * t.train_epochs)}")
+    return summary
+
+
+def _dry_run_summary(cfg: RunConfig, data: PreparedData, report: dict, est: Estimate, precision: Precision,
+                     weights_status: dict | None) -> dict:
+    """Everything the dry run knows, JSON-ready (`train --dry-run --format json`)."""
+    t = cfg.train
+    return {
+        "dry_run": True, "preset": cfg.preset, "config": cfg.to_dict(),
+        "data": {k: report.get(k) for k in ("source", "steps", "freq", "start", "end")} | {
+            "features": list(data.features), "n_vars": data.n_vars, "window": data.window, "notes": data.notes},
+        "windows": {name: {"windows": s.size, "rain": s.rain, "no_rain": s.no_rain,
+                           "majority_share": s.majority_share, "dropped": s.dropped}
+                    for name, s in data.splits.items()},
+        "model": {"n_params": est.n_params, "n_trainable": est.n_trainable,
+                  "tokens_per_sample": est.tokens_per_sample},
+        "device": str(precision.device), "precision": precision.name,
+        "memory": {"vram_gb": est.vram_gb, "basis": est.vram_basis, "weights_gb": est.weights_gb,
+                   "optimizer_gb": est.optimizer_gb, "activations_gb": est.activations_gb,
+                   "gradients_gb": est.gradients_gb, "recompute_gb": est.recompute_gb,
+                   "batch_size": t.batch_size, "accumulate_steps": t.accumulate_steps,
+                   "effective_batch_size": t.batch_size * t.accumulate_steps,
+                   "checkpoint_activations": t.checkpoint_activations, "budget_gb": t.vram_budget_gb,
+                   "within_budget": None if not t.vram_budget_gb else est.vram_gb <= t.vram_budget_gb},
+        "time": {"device": precision.device.type, "step_time_s": est.step_time_s,
+                 "steps_per_epoch": est.steps_per_epoch, "epoch_time_s": est.epoch_time_s,
+                 "max_total_s": est.epoch_time_s * t.train_epochs},
+        "weights": weights_status,
+        # the flat keys earlier callers read
+        "vram_gb": est.vram_gb, "epoch_time_s": est.epoch_time_s, "n_params": est.n_params,
+        "tokens_per_sample": est.tokens_per_sample, **data.class_counts(),
+    }
