@@ -8,6 +8,10 @@ allocator reports, summed in time order: on CPU the analogue of `torch.cuda.max_
 
     python bench/bench_memory_estimate.py                      # smoke small small_efficient transfer transfer_long
     python bench/bench_memory_estimate.py --presets small --batch-size 8
+    python bench/bench_memory_estimate.py --variants            # + checkpointing, + batch/4 x 4 accumulated
+
+`--variants` adds, for each preset, the same run with `--checkpoint-activations` and with a quarter of the batch
+accumulated over 4 steps (the same effective batch): the two ways to fit a model into less memory.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import prepare
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train.estimate import estimate
+from rain_mlflow.train.loop import build_optimizer
 from rain_mlflow.train.precision import select_device, select_precision
 
 
 def measured_peak_gib(cfg, data, precision, batch_size: int) -> float:
-    """Peak live tensor memory (GiB) over model creation plus two training steps."""
+    """Peak live tensor memory (GiB) over model creation plus two training steps (of accumulate_steps batches)."""
     device = precision.device
     series = torch.from_numpy(data.series).to(device)
     ends = torch.from_numpy(data.splits["train"].ends[:batch_size]).to(device)
@@ -36,11 +41,12 @@ def measured_peak_gib(cfg, data, precision, batch_size: int) -> float:
 
     def steps() -> None:
         model = build_classifier(cfg, data.n_vars).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = build_optimizer(model, 1e-4, 0.01, device)
         for _ in range(2):
-            with precision.autocast():
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            loss.backward()
+            for _ in range(cfg.train.accumulate_steps):
+                with precision.autocast():
+                    loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+                (loss / cfg.train.accumulate_steps).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -67,26 +73,44 @@ def main() -> None:
                                                          "transfer_long"])
     parser.add_argument("--batch-size", type=int, default=None, help="override every preset's batch size")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    parser.add_argument("--accumulate-steps", type=int, default=1)
+    parser.add_argument("--checkpoint-activations", action="store_true")
+    parser.add_argument("--variants", action="store_true",
+                        help="also run each preset with checkpointing, and with batch/4 accumulated over 4 steps")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'preset':16} {'batch':>5} {'precision':>9} {'estimate GiB':>12} {'measured GiB':>12} "
+    print(f"{'preset':16} {'batch':>9} {'ckpt':>4} {'precision':>9} {'estimate GiB':>12} {'measured GiB':>12} "
           f"{'estimate/measured':>17} {'seconds':>8}")
     for name in args.presets:
-        overrides = {"pretrain_model_path": "", "amp": args.amp}
+        base = {"pretrain_model_path": "", "amp": args.amp, "accumulate_steps": str(args.accumulate_steps),
+                "checkpoint_activations": str(args.checkpoint_activations).lower()}
         if args.batch_size:
-            overrides["batch_size"] = str(args.batch_size)
-        cfg = presets.build(name, overrides)
-        _, cleaned = load_clean(cfg.data)
-        data = prepare(cleaned, cfg)
-        precision = select_precision(cfg.train.amp, select_device(cfg.train.device))
-        started = time.perf_counter()
-        torch.manual_seed(0)
-        model = build_classifier(cfg, data.n_vars).to(precision.device)
-        est = estimate(model, data, cfg.train.batch_size, precision)
-        del model
-        measured = measured_peak_gib(cfg, data, precision, cfg.train.batch_size)
-        print(f"{name:16} {cfg.train.batch_size:>5} {precision.name:>9} {est.vram_gb:>12.3f} {measured:>12.3f} "
-              f"{est.vram_gb / measured:>17.2f} {time.perf_counter() - started:>8.1f}", flush=True)
+            base["batch_size"] = str(args.batch_size)
+        runs = [base]
+        if args.variants:
+            batch = args.batch_size or presets.build(name).train.batch_size
+            runs += [{**base, "checkpoint_activations": "true"},
+                     {**base, "batch_size": str(max(batch // 4, 1)), "accumulate_steps": "4"}]
+        for overrides in runs:
+            run_one(name, overrides)
+
+
+def run_one(name: str, overrides: dict) -> None:
+    cfg = presets.build(name, overrides)
+    t = cfg.train
+    _, cleaned = load_clean(cfg.data)
+    data = prepare(cleaned, cfg)
+    precision = select_precision(t.amp, select_device(t.device))
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    model = build_classifier(cfg, data.n_vars).to(precision.device)
+    est = estimate(model, data, t.batch_size, precision, t.accumulate_steps)
+    del model
+    measured = measured_peak_gib(cfg, data, precision, t.batch_size)
+    batch = f"{t.batch_size} x {t.accumulate_steps}" if t.accumulate_steps > 1 else str(t.batch_size)
+    print(f"{name:16} {batch:>9} {'yes' if t.checkpoint_activations else 'no':>4} {precision.name:>9} "
+          f"{est.vram_gb:>12.3f} {measured:>12.3f} {est.vram_gb / measured:>17.2f} "
+          f"{time.perf_counter() - started:>8.1f}", flush=True)
 
 
 if __name__ == "__main__":
