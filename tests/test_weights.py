@@ -81,7 +81,11 @@ def server(released_file, tmp_path_factory):
         def log_message(self, *args):
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client that hangs up mid-file (a failed download) is expected here, not a server fault
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", gets
@@ -196,6 +200,14 @@ def test_every_failed_download_is_one_error_line_and_leaves_nothing(cli, store, 
     assert_user_error(result, url, problem, *WAYS_FORWARD)
     assert cached_files(cache) == []                           # no partial file
     assert not (tmp_path / "mlflow.db").exists()               # checked before the store opened: no run at all
+
+
+def test_an_unwritable_cache_is_one_error_line(cli, server, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("RAIN_MLFLOW_CACHE", str(blocker / "cache"))
+    url = f"{server[0]}/files/checkpoint.pth"
+    assert_user_error(cli("weights", "download", url), url, "could not save", "RAIN_MLFLOW_CACHE", *WAYS_FORWARD)
 
 
 def test_a_release_that_cannot_fit_the_model_is_refused_before_downloading(cli, store, server, cache, synthetic_csv,

@@ -21,6 +21,7 @@ removed on any failure, Ctrl-C included.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import sys
@@ -194,10 +195,6 @@ def fetch(source: Source, model_layout: dict[str, tuple[int, ...]] | None = None
 
 def download(url: str, target: Path, layout: dict[str, tuple[int, ...]], progress: bool = True) -> str:
     """Stream `url` into `target` through a temporary file; verify; return the sha256 of what arrived."""
-    from tqdm import tqdm
-
-    from rain_mlflow.data.io import atomic_path
-
     request = urllib.request.Request(url, headers={"User-Agent": "rain-mlflow"})
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
@@ -206,6 +203,19 @@ def download(url: str, target: Path, layout: dict[str, tuple[int, ...]], progres
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         _fail(url, f"cannot reach {urllib.parse.urlparse(url).netloc} ({reason}); no network?")
+    try:
+        return _save(response, url, target, layout, progress)
+    except OSError as exc:  # the cache cannot be written: permissions, a full disk
+        raise WeightsError(
+            f"could not save pretrained weights from {url} into {target.parent}: {exc.strerror or exc}; set "
+            f"{CACHE_ENV} to a writable folder with 300 MB free, or {WAYS_FORWARD}") from None
+
+
+def _save(response: Any, url: str, target: Path, layout: dict[str, tuple[int, ...]], progress: bool) -> str:
+    from tqdm import tqdm
+
+    from rain_mlflow.data.io import atomic_path
+
     with response, atomic_path(target) as tmp:
         length = response.headers.get("Content-Length", "")
         size = int(length) if length.isdigit() else None
@@ -218,7 +228,7 @@ def download(url: str, target: Path, layout: dict[str, tuple[int, ...]], progres
             while True:
                 try:
                     chunk = response.read(CHUNK)
-                except OSError as exc:  # reset connection, timeout, IncompleteRead
+                except (OSError, http.client.HTTPException) as exc:  # reset connection, timeout, IncompleteRead
                     _fail(url, f"the download stopped after {received:,} bytes ({type(exc).__name__})")
                 if not chunk:
                     break
