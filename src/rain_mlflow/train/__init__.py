@@ -2,9 +2,10 @@
 
 Order matters for the user: config, data, device and the pretrained weights (found, downloaded if need be, and
 verified: `rain_mlflow.weights`) are all checked BEFORE an MLflow run is created, so a bad parameter or a failed
-download costs no run and leaves nothing RUNNING. `--dry-run` stops before the weights (`dry_run.py`). Then the run records what DESIGN.md
-"What a training run records" lists: params, per-epoch metrics at step = epoch, confusion matrices, checkpoints,
-figures, the cleaning report, the dataset digest, the live diagnosis tags and a summary note.
+download costs no run and leaves nothing RUNNING; `--dry-run` stops before the weights (`dry_run.py`). Then the
+run records what DESIGN.md "What a training run records" lists: params, per-epoch metrics at step = epoch,
+confusion matrices, checkpoints, figures, the cleaning report, the dataset digest, the live diagnosis tags and a
+summary note.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 import click
 import torch
 
+from rain_mlflow import weights
 from rain_mlflow.config import RunConfig
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import PreparedData, prepare
 from rain_mlflow.diagnostics.rules import format_duration
 from rain_mlflow.errors import UserError
-from rain_mlflow import weights
 from rain_mlflow.model import load_pretrained_backbone
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model.transfer import shapes_of
