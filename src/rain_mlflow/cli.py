@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become exit code 2 and a single `error:` line."""
     _setup_logging()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs readable
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print links to the training view
     try:
         code = cli.main(args=argv, prog_name="rain-mlflow", standalone_mode=False)
     except click.exceptions.Exit as exc:

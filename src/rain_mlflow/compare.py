@@ -439,11 +439,13 @@ def _curves_png(reports: Sequence[RunReport]) -> bytes:
 
 def run(*, experiment: str | None, run_ids: Sequence[str] | None, fmt: str = "table", write_tags: bool = True,
         fail_on: Sequence[str] = (), report_dir: Path | None = None, thresholds: Thresholds = Thresholds(),
-        out: IO[str] = sys.stdout, now_ms: int | None = None) -> int:
+        out: IO[str] | None = None, now_ms: int | None = None) -> int:
     """Compare the training runs of `experiment` (a name), or exactly `run_ids` when given; return the exit code.
 
     Exit code 1 when a flag named in `fail_on` fired on any run, else 0. The tracking URI is MLflow's current one.
+    `out` defaults to the sys.stdout of the moment (not of import time: redirections apply).
     """
+    out = out or sys.stdout
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     fail_flags = set(validate_flags(fail_on))
@@ -461,8 +463,28 @@ def run(*, experiment: str | None, run_ids: Sequence[str] | None, fmt: str = "ta
     if write_tags:
         write_diagnosis_tags(client, reports)
     out.write(RENDERERS[fmt](reports))
+    if fmt == "table" and reports:
+        out.write(_ui_links(client, experiment_id if not run_ids else None, reports))
     fired = {flag for r in reports for flag in r.flags}
     return 1 if fired & fail_flags else 0
+
+
+def _ui_links(client: MlflowClient, experiment_id: str | None, reports: Sequence[RunReport]) -> str:
+    """`MLflow UI:` lines: the experiment's runs table, and the charts and compare page of the (first 20) runs."""
+    from rain_mlflow import ui
+    from rain_mlflow.tracking import has_training_view
+
+    run_ids = [r.history.run_id for r in reports][:ui.COMPARE_LIMIT]
+    these = "these runs" if len(reports) <= ui.COMPARE_LIMIT else f"the first {len(run_ids)} runs"
+    experiment_ids = [experiment_id] if experiment_id else list(
+        dict.fromkeys(client.get_run(run_id).info.experiment_id for run_id in run_ids))
+    links = []
+    if experiment_id:
+        links.append(("training runs", ui.experiment_url("", experiment_id, has_training_view(experiment_id))))
+    if len(experiment_ids) == 1:
+        links.append((f"charts of {these}", ui.charts_url("", experiment_ids[0], run_ids)))
+    links.append((f"compare {these}", ui.compare_url("", experiment_ids, run_ids)))
+    return "\n" + ui.links_block(mlflow.get_tracking_uri(), links)
 
 
 def _experiment_id(client: MlflowClient, name: str | None) -> str:

@@ -133,8 +133,9 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
         _log_confusion_figure(tracker, matrix, model_uri)
         note = _note(model_uri, trained_run, windows.scope, cfg.data.data, metrics)
         tracker.set_note(note)
-        run_id = tracker.run_id
+        run_id, experiment_id = tracker.run_id, tracker.experiment_id
     _print(model_uri, windows, metrics, matrix, report_text, run_id)
+    _print_links(experiment_id, run_id, trained_run)
     return {"run_id": run_id, "trained_run_id": trained_run, **metrics}
 
 
@@ -176,3 +177,13 @@ def _print(model_uri: str, windows: Any, m: dict[str, Any], matrix: list[list[in
     click.echo(f"confusion (rows true, columns predicted): no rain [{tn} {fp}]  rain [{fn} {tp}]")
     click.echo(report.rstrip())
     click.echo(f"MLflow run: {run_id}")
+
+
+def _print_links(experiment_id: str, run_id: str, trained_run: str | None) -> None:
+    from rain_mlflow import ui
+    from rain_mlflow.tracking import find_run, tracking_uri
+
+    links = [("test run", ui.run_url("", experiment_id, run_id))]
+    if trained_run:
+        links.append(("trained run", ui.run_url("", find_run(trained_run).info.experiment_id, trained_run)))
+    click.echo(ui.links_block(tracking_uri(), links), nl=False)

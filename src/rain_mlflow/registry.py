@@ -18,8 +18,9 @@ import click
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from rain_mlflow import ui
 from rain_mlflow.errors import UserError
-from rain_mlflow.tracking import Tracker, connect, experiment_name, use_store
+from rain_mlflow.tracking import Tracker, connect, experiment_name, tracking_uri, use_store
 
 VERSION_METRICS = ("val_f1", "val_accuracy", "val_mcc", "val_loss", "test_f1", "test_accuracy", "test_mcc")
 
@@ -126,6 +127,10 @@ def run_promote(experiment: str | None, model_name: str, metric: str, alias: str
                          f"{'registered a new version' if created else 'the version already existed'}.")
         promote_run_id = tracker.run_id
     _print(pool, chosen, metric, allow_flagged, model_name, alias, version, created)
+    click.echo(ui.links_block(tracking_uri(), [
+        ("registered model", ui.model_url("", model_name)),
+        (f"version {version}", ui.model_url("", model_name, version)),
+        ("promoted run", ui.run_url("", found.experiment_id, chosen.run_id))]), nl=False)
     return {"run_id": promote_run_id, "promoted_run_id": chosen.run_id, "version": version, "created": created,
             "value": chosen.value}
 

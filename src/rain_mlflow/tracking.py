@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from rain_mlflow import ui
 from rain_mlflow.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ def experiment_name(explicit: str | None = None) -> str:
 
 def use_store() -> None:
     mlflow.set_tracking_uri(tracking_uri())
+    check_credentials(tracking_uri())
 
 
 def find_run(run_id: str) -> Any:
@@ -93,6 +96,7 @@ def connect(experiment: str | None = None, run_id: str | None = None) -> str:
     experiment_obj = client.get_experiment(exp_id)
     if EXPERIMENT_KIND_TAG not in experiment_obj.tags:
         client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    ensure_training_view(client, exp_id, experiment_obj.tags)
     return exp_id
 
 
@@ -259,3 +263,97 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+# ---- servers, the UI's training view, and the runs of a pipeline --------------------------------------------------
+# Self-contained on purpose: the UI links themselves are built in `ui.py` (no MLflow there).
+
+TRAINING_VIEW_TAG = "mlflow.sharedViewState." + ui.TRAINING_VIEW_KEY
+PIPELINE_TAG = "pipeline"  # on every run a `main` pipeline started: the pipeline run's id
+_credentials_checked: set[tuple[str, str | None, str | None]] = set()
+
+
+def check_credentials(uri: str) -> None:
+    """A server with basic-auth answers 401 to every request with missing or wrong credentials: ask once per
+    process and say so as one user error, not as a traceback from the first MLflow call deep inside a command.
+    Any other failure is left to that first call (same error, no second wait)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    key = (uri, user, os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    if key in _credentials_checked:
+        return
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "UNAUTHENTICATED":
+            raise
+        server = ui.redact(uri)
+        if user:
+            raise UserError(f"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD must be valid credentials for "
+                            f"{server}; got user {user!r}, refused by the server (HTTP 401)") from None
+        got = "no user name" if os.environ.get("MLFLOW_TRACKING_PASSWORD") else "neither"
+        raise UserError(f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD must be set: {server} requires "
+                        f"a login (HTTP 401); got {got}") from None
+    _credentials_checked.add(key)
+
+
+def ensure_training_view(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:
+    """Store the runs-table view that printed experiment links open (MLflow's "shared view", an experiment tag):
+    the training metrics and the diagnosis as columns. Rewritten only when it differs."""
+    wanted = ui.training_view_state()
+    if tags.get(TRAINING_VIEW_TAG) != wanted:
+        client.set_experiment_tag(experiment_id, TRAINING_VIEW_TAG, wanted)
+
+
+def has_training_view(experiment_id: str) -> bool:
+    return TRAINING_VIEW_TAG in MlflowClient().get_experiment(experiment_id).tags
+
+
+def experiment_name_of(experiment_id: str) -> str:
+    return MlflowClient().get_experiment(experiment_id).name
+
+
+@contextmanager
+def pipeline_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[Tracker]:
+    """The run of `main` (under `mlflow run`, the launched one). It is never MLflow's *active* run: MLflow nests
+    every run started while another is active, and the UI collapses nested runs, which would hide the training
+    run. Steps choose with `pipeline_steps` whether they are grouped under it. Ends FINISHED, FAILED or KILLED."""
+    client = MlflowClient()
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)  # taken here, so that no step attaches to it
+    if launched:
+        client.update_run(launched, name=run_name)
+    run = client.get_run(launched) if launched else client.create_run(experiment_id, run_name=run_name)
+    tracker = Tracker(run)
+    tracker.set_tags({STEP_TAG: "main", PIPELINE_TAG: tracker.run_id, **tags})
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.set_tags({"failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
+        client.set_terminated(tracker.run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        tracker.set_tags({"failure_reason": (" ".join(str(exc).split()) or type(exc).__name__)[:5000]})
+        client.set_terminated(tracker.run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(tracker.run_id, "FINISHED")
+
+
+@contextmanager
+def pipeline_steps(pipeline_run_id: str, grouped: bool) -> Iterator[None]:
+    """Every run started inside carries `pipeline=<id>`; `grouped` runs are also children of the pipeline run
+    (one collapsible row in the UI), the others are rows of their own. Uses MLflow's run context, the
+    `MLFLOW_RUN_CONTEXT` tags it adds to each new run."""
+    tags = {PIPELINE_TAG: pipeline_run_id}
+    if grouped:
+        tags["mlflow.parentRunId"] = pipeline_run_id
+    previous = os.environ.get("MLFLOW_RUN_CONTEXT")
+    os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps(tags)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_RUN_CONTEXT", None)
+        else:
+            os.environ["MLFLOW_RUN_CONTEXT"] = previous

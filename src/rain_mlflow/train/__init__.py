@@ -79,7 +79,8 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
 def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dict, model: torch.nn.Module,
                  precision: Precision, pretrained: dict | None, resume: str | None,
                  resume_payload: dict | None, run_name: str | None) -> dict:
-    from rain_mlflow.tracking import Tracker
+    from rain_mlflow import ui
+    from rain_mlflow.tracking import Tracker, tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="rain-mlflow-") as tmp, Tracker.start(
             "train", run_name=run_name or cfg.preset, resume_run_id=resume, system_metrics=True,
@@ -94,6 +95,9 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
             tracker.download_artifact("checkpoints/best.pt", str(workdir))
             click.echo(f"resuming run {resume} after epoch {resume_payload['train_state']['epoch']}")
         click.echo(f"MLflow run {tracker.run_id} ({cfg.preset}, {precision.device.type}, {precision.name})")
+        links = [("this run", ui.run_url("", tracker.experiment_id, tracker.run_id)),
+                 ("training runs", ui.experiment_url("", tracker.experiment_id))]
+        click.echo(ui.links_block(tracking_uri(), links), nl=False)
         try:
             result = fit(cfg, data, model, precision, workdir, epochs, resume=resume_payload,
                          run_id=tracker.run_id)
