@@ -1,7 +1,10 @@
-"""Shared fixtures: a real sqlite MLflow store per test, small synthetic data, and the CLI run in-process."""
+"""Shared fixtures: a real sqlite MLflow store per test, small synthetic data, the CLI run in-process, and real
+servers (`mlflow server` with sqlite or PostgreSQL, S3 through moto, basic-auth) shared per session."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -88,3 +91,83 @@ def run_env(tracking_uri: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# ---- real servers on 127.0.0.1, shared per session by test_servers.py and test_browser.py --------------------------
+# The helpers live in tests/servers.py; every process is started here and stopped when the session ends.
+
+SERVER_EXPERIMENT = "rain-servers"
+ADMIN_PASSWORD = "admin-password-for-tests"  # basic-auth wants 12 characters or more
+ALICE = ("alice", "alice-password-for-tests")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--artifacts", default=None, metavar="DIR",
+                     help="keep test artifacts (browser screenshots) here [default: pytest's tmp directory]")
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    """A few months of the synthetic record: a 2-epoch smoke run on it takes seconds."""
+    from rain_mlflow.synth import SynthConfig, write_synthetic
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.csv"
+    write_synthetic(str(path), SynthConfig(years=0.3))
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory):
+    """`mlflow server`: sqlite backend, artifacts proxied by the server into a local directory."""
+    from tests import servers
+
+    tmp = tmp_path_factory.mktemp("local-server")
+    with servers.mlflow_server(tmp, f"sqlite:///{tmp / 'mlflow.db'}", str(tmp / "artifacts")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory):
+    """The shape of docker/compose.yaml on this machine: PostgreSQL backend (a throwaway database), artifacts
+    proxied into S3 (moto in server mode), basic-auth on with an admin and a user `alice` who trains."""
+    import urllib.request
+
+    from tests import servers
+
+    tmp = tmp_path_factory.mktemp("team-server")
+    auth_ini = tmp / "basic_auth.ini"
+    auth_ini.write_text("[mlflow]\ndefault_permission = EDIT\n"
+                        f"database_uri = sqlite:///{tmp / 'basic_auth.db'}\nadmin_username = admin\n"
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                        # without it every request pays a PBKDF2 password hash: ~1 s each on 2 busy cores
+                        "auth_cache_ttl_seconds = 60\n")
+    with servers.postgres_databases("tracking") as databases, servers.s3_endpoint(tmp, "mlflow") as s3:
+        env = {**s3, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+               "MLFLOW_FLASK_SERVER_SECRET_KEY": "rain-test-secret-key"}
+        with servers.mlflow_server(tmp, databases["tracking"], "s3://mlflow/artifacts",
+                                   args=("--app-name", "basic-auth"), env=env) as server:
+            request = urllib.request.Request(
+                f"{server.url}/api/2.0/mlflow/users/create", method="POST",
+                data=json.dumps({"username": ALICE[0], "password": ALICE[1]}).encode(),
+                headers={"Content-Type": "application/json",
+                         "Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()})
+            urllib.request.urlopen(request, timeout=30).close()
+            server.client_env.update(MLFLOW_TRACKING_USERNAME=ALICE[0], MLFLOW_TRACKING_PASSWORD=ALICE[1])
+            server.s3_env = s3
+            yield server
+
+
+@pytest.fixture(scope="session")
+def local_stack(local_server, tiny_csv, tmp_path_factory):
+    from tests import servers
+
+    return servers.train_compare_promote_test(local_server, tiny_csv, SERVER_EXPERIMENT,
+                                              tmp_path_factory.mktemp("local-stack"))
+
+
+@pytest.fixture(scope="session")
+def team_stack(team_server, tiny_csv, tmp_path_factory):
+    from tests import servers
+
+    return servers.train_compare_promote_test(team_server, tiny_csv, SERVER_EXPERIMENT,
+                                              tmp_path_factory.mktemp("team-stack"))
