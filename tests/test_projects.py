@@ -35,21 +35,31 @@ def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def test_main_is_one_parent_run_with_a_child_per_step(pipeline):
+def test_main_groups_its_steps_but_shows_the_training_run_as_a_row(pipeline):
     uri, _, _ = pipeline
     client = client_for(uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "mlflow.sharedViewState.rain-training" in exp.tags  # the view the printed runs link opens
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("rain.step") == "main"]
-    children = {r.data.tags["rain.step"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"synth", "clean", "train", "test", "compare", "promote"}
+    pipeline_id = parent.info.run_id
+    children = {r.data.tags["rain.step"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == pipeline_id}
+    assert set(children) == {"synth", "clean", "test", "compare", "promote"}
+    (train,) = [r for r in runs if r.data.tags.get("rain.step") == "train"]
+    assert "mlflow.parentRunId" not in train.data.tags  # top-level: a row of the runs table, charted directly
+    assert {r.info.run_id for r in runs if r.data.tags.get("pipeline") == pipeline_id} == \
+        {pipeline_id, train.info.run_id} | {r.info.run_id for r in children.values()}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert parent.data.tags["mlflow.project.entryPoint"] == "main"
-    assert "champion" in parent.data.tags["mlflow.note.content"]
+    assert parent.info.run_name == "pipeline (smoke)"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "champion" in note
+    for run_id in [train.info.run_id, *(r.info.run_id for r in children.values())]:
+        assert f"(#/experiments/{exp.experiment_id}/runs/{run_id}?workflowType=machine_learning)" in note
     version = client.get_model_version_by_alias("rain-timerxl-classifier", "champion")
-    assert version.run_id == children["train"].info.run_id
-    assert children["test"].data.tags["trained_run_id"] == children["train"].info.run_id
+    assert version.run_id == train.info.run_id
+    assert children["test"].data.tags["trained_run_id"] == train.info.run_id
     assert {a.path for a in client.list_artifacts(children["compare"].info.run_id, "report")} == {
         "report/report.md", "report/curves.png"}
 
@@ -57,12 +67,18 @@ def test_main_is_one_parent_run_with_a_child_per_step(pipeline):
 def test_main_prints_where_to_look(pipeline):
     uri, _, out = pipeline
     assert "== summary ==" in out
-    assert f"mlflow ui --backend-store-uri {uri}" in out
     assert "rain-timerxl-classifier@champion = version 1" in out
     client = client_for(uri)
-    train = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
-                               "tags.`rain.step` = 'train'")[0]
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    train = client.search_runs([exp_id], "tags.`rain.step` = 'train'")[0]
     assert train.info.run_id in out
+    summary = out.split("== summary ==", 1)[1]
+    ui = "http://127.0.0.1:5000/#"
+    assert f"{ui}/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=rain-training" in summary
+    assert f"{ui}/experiments/{exp_id}/runs/{train.info.run_id}?workflowType=machine_learning" in summary
+    assert f"{ui}/models/rain-timerxl-classifier?workflowType=machine_learning" in summary
+    assert f"(start the UI first: mlflow ui --backend-store-uri {uri})" in summary
+    assert "View run" not in out  # MLflow's own links open the GenAI view; ours are the ones printed
 
 
 def test_synth_and_clean_entry_points(pipeline):
