@@ -12,8 +12,11 @@ when a private handle that path relies on is missing:
 - other SQL stores (PostgreSQL, MySQL: `SqlStoreReader`): runs listed with the public `search_runs`; histories
   by one column-only SELECT per batch of 100 runs on the store's own session and `metrics` table model.
 - a tracking server (`http(s)://`, `ServerReader`): runs listed with the public `search_runs`; histories from the
-  REST endpoint `get-history-bulk-interval` (what the MLflow UI's charts use): 100 runs per request, at most
-  2,500 points per run, above which it DOWN-SAMPLES; a run that comes back at that cap is re-read exactly.
+  server's bulk endpoint `/ajax-api/2.0/mlflow/metrics/get-history-bulk` (the one the MLflow UI's run
+  comparison uses): one metric of up to 100 runs per request, every row, no sampling, cut at 25,000 rows in
+  run-id order; the read resumes at the run the cut fell in, and a run that alone fills the cap is read exactly
+  page by page. (The public `get-history-bulk-interval` endpoint down-samples past 2,500 points per run and
+  answers with one sampling query per run: 3x slower here, see docs/diagnostics.md.)
 Every path returns the same `RawRun`s (a test reads one store both ways and compares). Numbers: docs/diagnostics.md.
 """
 
@@ -38,9 +41,9 @@ Row = tuple[str, str, int, int, float]
 # run_id -> the run's own metric name -> [(timestamp_ms, step, value)]: what every reader's `points` returns.
 Points = dict[str, dict[str, list[tuple[int, int, float]]]]
 MetricMap = Mapping[str, str] | Callable[[RawRun], Mapping[str, str]]
-BULK_RUNS = 100  # run ids per REST bulk request: the server's limit (MAX_RUNS_GET_METRIC_HISTORY_BULK)
-REST_MAX_RESULTS = 2500  # the server's per-run cap (MAX_RESULTS_PER_RUN); more rows than this are down-sampled
-REST_BULK_ENDPOINT = "/api/2.0/mlflow/metrics/get-history-bulk-interval"
+BULK_RUNS = 100  # run ids per bulk request: the server's limit (MAX_RUN_IDS_PER_REQUEST)
+REST_MAX_ROWS = 25_000  # rows per bulk request: the server's cap (MAX_HISTORY_RESULTS); the rest is cut, not sampled
+REST_BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 SQL_BATCH = 500  # run ids per history SELECT (bounded IN lists and memory)
 SEARCH_PAGE = 1000
 DEFAULT_EXPERIMENT = "rain-timerxl"
@@ -225,21 +228,18 @@ class SqlStoreReader(PublicReader):
 
 
 class ServerReader(PublicReader):
-    """A tracking server: histories from the REST bulk endpoint, exact re-reads for runs at its cap."""
+    """A tracking server: histories from its bulk endpoint (exact rows), per-run reads only past its row cap."""
 
     def __init__(self, uri: str):
         super().__init__(uri)
         try:
-            from mlflow.protos.service_pb2 import GetMetricHistoryBulkInterval
-            from mlflow.utils.proto_json_utils import message_to_json
-            from mlflow.utils.rest_utils import call_endpoint
+            from mlflow.utils.rest_utils import http_request
         except ImportError as exc:
             raise FastPathUnavailable(f"{exc}") from exc
         store = getattr(self.client._tracking_client, "store", None)  # private: the host credentials
         if not hasattr(store, "get_host_creds"):
             raise FastPathUnavailable(f"the store behind {uri} has no host credentials")
-        self.creds = store.get_host_creds()
-        self.request, self.to_json, self.call = GetMetricHistoryBulkInterval, message_to_json, call_endpoint
+        self.creds, self.http = store.get_host_creds(), http_request
 
     def histories(self, wanted: Mapping[str, Iterable[str]]) -> Iterator[Row]:
         by_key: dict[str, list[str]] = {}
@@ -247,19 +247,29 @@ class ServerReader(PublicReader):
             for key in keys:
                 by_key.setdefault(key, []).append(run_id)
         for key, run_ids in sorted(by_key.items()):
-            for start in range(0, len(run_ids), BULK_RUNS):
-                request = self.request(run_ids=run_ids[start:start + BULK_RUNS], metric_key=key,
-                                       max_results=REST_MAX_RESULTS)
-                response = self.call(self.creds, REST_BULK_ENDPOINT, "GET", self.to_json(request),
-                                     self.request.Response())
-                counts: dict[str, int] = {}
-                for m in response.metrics:
-                    counts[m.run_id] = counts.get(m.run_id, 0) + 1
-                capped = {run_id for run_id, count in counts.items() if count >= REST_MAX_RESULTS}
-                yield from ((m.run_id, key, m.step, m.timestamp, m.value)
-                            for m in response.metrics if m.run_id not in capped)
-                # At the cap the server may have down-sampled the run: read it exactly instead.
-                yield from super().histories({run_id: (key,) for run_id in sorted(capped)})
+            pending = sorted(run_ids)  # the server returns rows ordered by run id, cut at its row cap
+            while pending:
+                batch = pending[:BULK_RUNS]
+                rows = self._bulk(batch, key)
+                if len(rows) < REST_MAX_ROWS:
+                    yield from rows
+                    pending = pending[BULK_RUNS:]
+                    continue
+                last = rows[-1][0]  # the cap cut this run (or one just after it): read on from it
+                yield from (row for row in rows if row[0] < last)
+                if last == batch[0]:  # one run alone fills the cap: read it exactly, page by page
+                    yield from super().histories({last: (key,)})
+                    last = pending[1] if len(pending) > 1 else None
+                pending = [run_id for run_id in pending if last is not None and run_id >= last]
+
+    def _bulk(self, run_ids: list[str], key: str) -> list[Row]:
+        response = self.http(self.creds, REST_BULK_ENDPOINT, "GET", raise_on_status=False,
+                             params={"run_id": run_ids, "metric_key": key, "max_results": REST_MAX_ROWS})
+        if response.status_code == 404:
+            raise FastPathUnavailable(f"{self.uri} has no {REST_BULK_ENDPOINT}")
+        response.raise_for_status()
+        return [(m["run_id"], key, int(m["step"]), int(m["timestamp"]), float(m["value"]))
+                for m in response.json()["metrics"]]
 
 
 class SqliteReader:
