@@ -559,3 +559,36 @@ def test_bulk_read_over_http(server, monkeypatch):
 
 
 EXPECTED_TAG_SMALL = "oscillating,val_loss_not_improving,val_test_divergence,vram_over_budget"
+
+
+# ---- the live diagnosis reads what compare stored -------------------------------------------------------------------
+
+def test_the_live_diagnosis_reuses_the_thresholds_stored_on_its_run(store, synthetic_csv):
+    from rain_mlflow import presets
+    from rain_mlflow.data import load_clean
+    from rain_mlflow.data.dataset import prepare
+    from rain_mlflow.tracking import Tracker, connect
+    from rain_mlflow.train import EpochTracker
+    from rain_mlflow.train.loop import TrainState
+
+    cfg = presets.build("smoke", {"data": str(synthetic_csv)})
+    data = prepare(load_clean(cfg.data)[1], cfg)
+    n_val, n_test = data.splits["val"].size, data.splits["test"].size
+    epoch = {"test_accuracy": 0.79, "val_loss": 0.03, "train_loss": 0.04}
+    state = TrainState(epoch=2, history={1: {**epoch, "val_accuracy": 0.80}, 2: {**epoch, "val_accuracy": 0.50}})
+    connect("live")
+    with Tracker.start("train", run_name="live") as tracker:
+        live = EpochTracker(tracker, cfg, data)
+        fall = {f.flag: f for f in live.diagnose(state)}["oscillating"]  # a 30-pt fall, far above any floor
+        assert f"at {n_val} val windows" in fall.evidence  # the split's size reached the rule
+        assert json.loads(tracker.tags()["diagnosis.thresholds"]) == json.loads(Thresholds().to_json())
+        # A `compare --oscillation-drop 0.4` while it trains stores its thresholds; the next epoch uses them.
+        tracker.set_tags({"diagnosis.thresholds": Thresholds(oscillation_drop=0.4).to_json()})
+        assert "oscillating" not in {f.flag for f in live.diagnose(state)}
+        assert json.loads(tracker.tags()["diagnosis.thresholds"])["oscillation_drop"] == 0.4
+        # A malformed tag is reported and never ends the run: the defaults judge.
+        tracker.set_tags({"diagnosis.thresholds": "{oops"})
+        assert "oscillating" in {f.flag for f in live.diagnose(state)}
+        divergence = {f.flag: f for f in live.diagnose(
+            TrainState(epoch=1, history={1: {**epoch, "val_accuracy": 0.95}}))}["val_test_divergence"]
+        assert f"at {n_val} val / {n_test} test windows" in divergence.evidence

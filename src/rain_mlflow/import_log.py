@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,9 +177,6 @@ def import_logs(paths: list[str], *, experiment: str | None = None, preset: str 
 
     Every file and option is checked before anything is written, so a user error leaves the store unchanged.
     """
-    import os
-    from contextlib import nullcontext
-
     from rain_mlflow.tracking import Tracker, connect
 
     paths = [p for p in paths if str(p).strip()]
