@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from rain_mlflow.diagnostics import RULES, RunHistory, Thresholds, diagnose, diagnosis_tag, validate_flags
+from rain_mlflow.diagnostics import (RULES, RunHistory, Thresholds, diagnose, diagnosis_tag, diagnosis_tags, skipped,
+                                     tag_changes, validate_flags)
 from rain_mlflow.diagnostics.rules import format_epochs
 from rain_mlflow.errors import ConfigError, UserError
 
@@ -313,6 +315,7 @@ def test_rules_match_the_config_flag_list():
     ("collapse_fraction", 0.5, "a number in (0.5, 1]"),
     ("dead_factor", 0.0, "a number > 0"),
     ("dead_min_seconds", -1, "a number >= 0"),
+    ("noise_z", -0.5, "a number >= 0"),
 ])
 def test_thresholds_validation_names_field_value_and_range(field, value, allowed):
     with pytest.raises(ConfigError) as error:
@@ -325,6 +328,7 @@ def test_thresholds_defaults_are_the_design_ones():
     assert (t.stalled_epochs, t.stalled_tolerance, t.oscillation_drop, t.divergence_gap) == (3, 0.001, 0.05, 0.05)
     assert (t.not_improving_min_later_epochs, t.collapse_fraction, t.dead_factor, t.dead_min_seconds) == \
         (2, 0.99, 3.0, 600.0)
+    assert t.noise_z == 2.0
 
 
 # ---- RunHistory ---------------------------------------------------------------------------------------------------
@@ -346,3 +350,133 @@ def test_run_history_helpers():
 def test_format_epochs():
     assert format_epochs([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
     assert format_epochs([4]) == "4" and format_epochs([]) == ""
+
+
+# ---- the noise floor (issue: rules that know the evaluation set's size) ------------------------------------------
+
+def with_windows(h: RunHistory, val: int | None = None, test: int | None = None, as_metric: bool = True):
+    """The same history with its evaluation set sizes, as the per-epoch metrics or as the older params."""
+    import dataclasses
+
+    epochs = h.epochs()
+    metrics, params = dict(h.metrics), dict(h.params)
+    for split, n in (("val", val), ("test", test)):
+        if n is not None and as_metric:
+            metrics[f"{split}_windows"] = {e: float(n) for e in epochs}
+        elif n is not None:
+            params[f"windows_{split}"] = str(n)
+    return dataclasses.replace(h, metrics=metrics, params=params)
+
+
+@pytest.mark.parametrize(("before", "after", "fires"), [
+    (0.55, 0.45, False),       # a 10-pt fall equal to the floor 2 * sqrt(0.5 * 0.5 / 100) = 0.1: not more
+    (0.5505, 0.4495, True),    # 10.1 pts > 0.1 (the mean accuracy stays 0.5, so the floor stays 10 pts)
+    (0.5495, 0.4505, False),   # 9.9 pts: above the 5-pt threshold, inside the noise
+])
+def test_oscillating_noise_floor_boundary_at_100_windows(before, after, fires):
+    h = with_windows(history(val_acc=(before, after)), val=100)
+    assert (finding(h, "oscillating") is not None) is fires
+    # Without the count the 5-pt threshold alone judges, as before counts were logged.
+    assert finding(history(val_acc=(before, after)), "oscillating") is not None
+
+
+@pytest.mark.parametrize(("val_acc", "test_acc", "fires"), [
+    (0.55, 0.45, False),   # floor 2 * sqrt(2 * 0.55 * 0.45 / 198) = 0.1 exactly: a gap of 0.1 is not more
+    (0.551, 0.449, True),  # gap 0.102 > floor 2 * sqrt(2 * 0.551 * 0.449 / 198) = 0.09998
+    (0.549, 0.451, False),  # gap 0.098 < floor 0.09998
+])
+def test_divergence_noise_floor_boundary_at_198_windows(val_acc, test_acc, fires):
+    h = with_windows(history(val_acc=(val_acc,), test_acc=(test_acc,)), val=198, test=198)
+    assert (finding(h, "val_test_divergence") is not None) is fires
+
+
+def test_noise_floor_reads_the_metric_first_then_the_params_and_needs_both_counts_for_divergence():
+    fall = history(val_acc=(0.80, 0.70))  # 10 pts; floor at 100 windows: 2 * sqrt(0.75 * 0.25 / 100) = 8.66 pts
+    assert finding(with_windows(fall, val=100, as_metric=False), "oscillating") is not None
+    assert finding(with_windows(fall, val=50), "oscillating") is None  # 12.2 pts at 50 windows
+    both = with_windows(with_windows(fall, val=100), val=50, as_metric=False)
+    assert finding(both, "oscillating") is not None  # the metric (100) wins over the param (50)
+    gap = history(val_acc=(0.60,), test_acc=(0.52,))  # 8 pts; floor at 60/60: 2 * sqrt(.24/60 + .2496/60) = 18 pts
+    assert finding(with_windows(gap, val=60), "val_test_divergence") is not None  # test count unknown: no floor
+    assert finding(with_windows(gap, val=60, test=60), "val_test_divergence") is None
+    assert finding(with_windows(gap, val=60, test=60), "val_test_divergence", Thresholds(noise_z=0)) is not None
+
+
+def test_the_seed_runs_keep_their_flags_with_their_window_counts():
+    # 6025 validation and 6026 test windows, the counts in the seed's logs.
+    transfer = with_windows(history(**TRANSFER_LONG), val=6025, test=6026)
+    small = with_windows(history(**SMALL_IMPROVED), val=6025, test=6026)
+    assert flags(transfer) == {"val_test_divergence", "vram_over_budget"}
+    assert flags(small) == {"oscillating", "val_test_divergence", "val_loss_not_improving", "vram_over_budget"}
+    # The floors, by hand: 2 * sqrt(p (1 - p) / n), p the mean of the two accuracies; two proportions for the gap.
+    fall_floor = 2 * math.sqrt(((0.7540 + 0.7029) / 2) * (1 - (0.7540 + 0.7029) / 2) / 6025)
+    gap_floor = 2 * math.sqrt(0.7542 * 0.2458 / 6025 + 0.7011 * 0.2989 / 6026)
+    assert f"noise floor {100 * fall_floor:.2f} pts = 2 SE at 6025 val windows" in finding(small, "oscillating").evidence
+    assert f"noise floor {100 * gap_floor:.2f} pts = 2 SE at 6025 val / 6026 test windows" in \
+        finding(small, "val_test_divergence").evidence
+    assert finding(small, "oscillating").values["noise_floor"] == pytest.approx(fall_floor)
+    assert 0.011 < fall_floor < 0.012 and 0.016 < gap_floor < 0.017  # both far below the 5-pt thresholds
+
+
+def test_stalled_tolerance_reads_the_window_metric():
+    # One window of 400 = 0.25 pts: a 0.2-pt spread is one window, stalled; with 6025 windows it is not.
+    h = history(val_acc=(0.70, 0.702, 0.701))
+    assert finding(with_windows(h, val=400), "stalled") is not None
+    assert finding(with_windows(h, val=6025), "stalled") is None
+
+
+def test_eval_windows_precedence():
+    h = RunHistory("r", "r", "FINISHED", params={"windows_val": "500"},
+                   metrics={"val_windows": {1: 100.0, 2: 120.0}}, summary={"test_windows": 90.0})
+    assert h.eval_windows("val", 1) == 100 and h.eval_windows("val", 2) == 120 and h.eval_windows("val", 7) == 120
+    assert h.eval_windows("test") == 90
+    assert RunHistory("r", "r", "FINISHED", params={"windows_val": "500"}).eval_windows("val") == 500
+    assert RunHistory("r", "r", "FINISHED", metrics={"val_windows": {1: 0.0}}).eval_windows("val") is None
+
+
+# ---- what the rules could not judge, notes, stored thresholds -----------------------------------------------------
+
+def test_skipped_names_the_missing_metric_per_rule():
+    assert skipped(history(**SMALL_IMPROVED)) == {"class_collapse": "val_pred_rain_fraction"}
+    only_loss = history(val_loss=(0.04, 0.03))
+    assert skipped(only_loss) == {
+        "stalled": "val_accuracy", "oscillating": "val_accuracy", "val_test_divergence": "val_accuracy, test_accuracy",
+        "vram_over_budget": "vram_peak_gb, param vram_budget_gb", "class_collapse": "val_pred_rain_fraction"}
+    assert skipped(history(train_loss=(0.05,)), only=["non_finite_loss", "val_loss_not_improving"]) == \
+        {"val_loss_not_improving": "val_loss"}
+    assert skipped(history(val_acc=(0.7,)))["non_finite_loss"] == "train_loss or val_loss"
+
+
+def test_reading_notes_end_the_evidence_of_findings_that_used_the_metric():
+    import dataclasses
+
+    h = dataclasses.replace(history(**SMALL_IMPROVED), notes={"val_accuracy": "val_acc logged in percent"})
+    found = {f.flag: f.evidence for f in diagnose(h, now_ms=NOW_MS)}
+    assert found["oscillating"].endswith(" [val_acc logged in percent]")
+    assert found["val_test_divergence"].endswith(" [val_acc logged in percent]")
+    assert not found["val_loss_not_improving"].endswith("]")
+
+
+def test_thresholds_round_trip_through_their_tag():
+    custom = Thresholds(divergence_gap=0.06, stalled_epochs=4, noise_z=0)
+    assert Thresholds.from_json(custom.to_json()) == custom
+    assert json.loads(custom.to_json())["divergence_gap"] == 0.06
+    assert Thresholds.from_json('{"divergence_gap": 0.07, "a_newer_field": 1}') == Thresholds(divergence_gap=0.07)
+    with pytest.raises(ConfigError, match=r"^run x tag: Thresholds.stalled_epochs must be an integer >= 2; got 1$"):
+        Thresholds.from_json('{"stalled_epochs": 1}', "run x tag")
+    with pytest.raises(ConfigError, match="diagnosis.thresholds must be a JSON object of diagnosis thresholds; "
+                                          "got '\\[1\\]'"):
+        Thresholds.from_json("[1]")
+
+
+def test_diagnosis_tags_and_their_changes():
+    findings = diagnose(history(**TRANSFER_LONG), now_ms=NOW_MS)
+    tags = diagnosis_tags(findings, Thresholds(), {"val_acc": "val_accuracy"})
+    assert tags["diagnosis"] == "val_test_divergence,vram_over_budget"
+    assert set(tags) == {"diagnosis", "diagnosis.val_test_divergence", "diagnosis.vram_over_budget",
+                         "diagnosis.thresholds", "diagnosis.metric_map"}
+    current = {**tags, "diagnosis.stalled": "old evidence", "preset": "x"}
+    assert tag_changes(current, tags) == ({}, ["diagnosis.stalled"])
+    changed, stale = tag_changes({"diagnosis": "ok"}, tags)
+    assert changed == {k: v for k, v in tags.items() if k != "diagnosis"} | {"diagnosis": tags["diagnosis"]}
+    assert stale == []

@@ -16,8 +16,9 @@ COMMAND_OPTIONS = {  # parameters that belong to a command, not to the run confi
     "synth": {"output", "years", "freq", "seed"},
     "clean": {"output"},
     "test": {"model_uri"},
-    "compare": {"format", "fail_on"},
+    "compare": {"format", "fail_on", "metric_map"},
     "promote": {"model_name", "metric", "alias"},
+    "import-log": {"log"},
 }
 
 
@@ -35,7 +36,8 @@ def option_for(command: click.Command, param: str) -> click.Option:
 
 def test_entry_points_are_the_commands():
     project = load_project()
-    assert set(project["entry_points"]) == {"main", "synth", "clean", "train", "test", "compare", "promote"}
+    assert set(project["entry_points"]) == {"main", "synth", "clean", "train", "test", "compare", "promote",
+                                            "import-log"}
     assert project["python_env"] == "mlproject/python_env.yaml"
     assert (REPO / project["python_env"]).is_file()
 

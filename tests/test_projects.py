@@ -112,6 +112,10 @@ def test_compare_entry_point_records_its_report_and_fails_on_request(pipeline):
     failing = mlflow_run(uri, tmp, "-e", "compare", "-P", "fail_on=stalled", "-P", "stalled_epochs=2",
                          "-P", "stalled_tolerance=0.5")
     assert failing.returncode != 0 and "stalled" in failing.stdout
+    # Those thresholds are now stored on the run and promote would reuse them: give it its default verdict back.
+    restored = subprocess.run([sys.executable, "-m", "rain_mlflow", "compare", "--experiment", EXPERIMENT],
+                              env=run_env(uri), cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert restored.returncode == 0, restored.stderr[-2000:]
 
 
 def test_promote_and_test_entry_points(pipeline):
@@ -122,3 +126,21 @@ def test_promote_and_test_entry_points(pipeline):
     result = mlflow_run(uri, tmp, "-e", "test")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "models:/rain-timerxl-classifier@champion on test split" in result.stdout
+
+
+def test_import_log_entry_point(pipeline):
+    uri, tmp, _ = pipeline
+    log = REPO / "tests" / "fixtures" / "logs" / "transfer_long.log"
+    result = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+                             "--experiment-name", "imported", "-e", "import-log", "-P", f"log={log}",
+                             "-P", "preset=transfer_long", "-P", "vram_budget_gb=7", "-P", "vram_peak_gb=10"],
+                            env=run_env(uri), cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = client_for(uri)
+    runs = client.search_runs([client.get_experiment_by_name("imported").experiment_id])
+    (launcher,) = [r for r in runs if r.data.tags.get("rain.step") == "import-log"]
+    (imported,) = [r for r in runs if r.data.tags.get("rain.step") == "import"]
+    assert imported.data.tags["mlflow.parentRunId"] == launcher.info.run_id
+    assert imported.data.tags["diagnosis"] == "val_test_divergence,vram_over_budget"
+    assert imported.data.tags["preset"] == "transfer_long" and imported.info.status == "FINISHED"
+    assert launcher.info.status == "FINISHED"

@@ -203,17 +203,27 @@ def test(model_uri: str, experiment: str | None, **options: Any) -> None:
     run_test(model_uri, overrides_from(options), experiment)
 
 
-def threshold_options(command: Callable) -> Callable:
-    """One option per diagnosis threshold (`--stalled-epochs` ...), defaults from `Thresholds`."""
+def threshold_options(command: Callable | None = None, *, stored_default: bool = False) -> Callable:
+    """One option per diagnosis threshold (`--stalled-epochs` ...): defaults from `Thresholds`, or, with
+    `stored_default`, None = "the thresholds stored on each run" (promote)."""
     import dataclasses
 
-    from rain_mlflow.diagnostics.rules import Thresholds
+    from rain_mlflow.diagnostics.thresholds import Thresholds
 
-    for f in reversed(dataclasses.fields(Thresholds)):
-        dashed = "--" + f.name.replace("_", "-")
-        command = click.option(dashed, f"--{f.name}", f.name, type=type(f.default), default=f.default,
-                               show_default=True, help=f"diagnosis threshold {f.name}")(command)
-    return command
+    def decorate(command: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(Thresholds)):
+            dashed = "--" + f.name.replace("_", "-")
+            default = None if stored_default else f.default
+            help_text = (f"diagnosis threshold {f.name} [default: the run's stored one, else {f.default}]"
+                         if stored_default else f"diagnosis threshold {f.name}")
+            command = click.option(dashed, f"--{f.name}", f.name, type=type(f.default), default=default,
+                                   show_default=not stored_default, help=help_text)(command)
+        return command
+    return decorate(command) if command is not None else decorate
+
+
+METRIC_MAP_HELP = ("read other metric names as ours: SOURCE=TARGET items and the built-in maps lightning, "
+                   "openltm, comma-separated (e.g. lightning,vali_loss=val_loss)")
 
 
 @cli.command()
@@ -226,27 +236,32 @@ def threshold_options(command: Callable) -> Callable:
 @click.option("--fail-on", "--fail_on", "fail_on", default="", metavar="FLAGS",
               help=f"exit 1 when one of these flags fires ({', '.join(DIAGNOSIS_FLAGS)})")
 @click.option("--report", "report_dir", default=None, metavar="DIR", help="write report.md and curves.png here")
+@click.option("--metric-map", "--metric_map", "metric_map", default="", metavar="MAP", help=METRIC_MAP_HELP)
 @threshold_options
 def compare(experiment: str | None, run_ids: str | None, fmt: str, write_tags: bool, fail_on: str,
-            report_dir: str | None, **thresholds: Any) -> None:
-    """Diagnose every training run of an experiment and compare them side by side."""
+            report_dir: str | None, metric_map: str, **thresholds: Any) -> None:
+    """Diagnose every run of an experiment that has a per-epoch history and compare them side by side."""
     from pathlib import Path
 
-    from rain_mlflow import compare as compare_module
-    from rain_mlflow.diagnostics.rules import Thresholds
-    from rain_mlflow.tracking import Tracker, experiment_name, use_store
+    from rain_mlflow.compare import run as compare_runs
+    from rain_mlflow.compare.reader import experiment_name
+    from rain_mlflow.diagnostics.thresholds import Thresholds
 
-    use_store()
+    # No `tracking` import here: it imports MLflow (3 s), which a comparison needs only to write changed tags.
     options = dict(experiment=experiment_name(experiment), run_ids=flag_list(run_ids) or None, fmt=fmt,
-                   write_tags=write_tags, fail_on=flag_list(fail_on), thresholds=Thresholds(**thresholds))
+                   write_tags=write_tags, fail_on=flag_list(fail_on), thresholds=Thresholds(**thresholds),
+                   metric_map=metric_map)
     if not os.environ.get("MLFLOW_RUN_ID"):
-        code = compare_module.run(report_dir=Path(report_dir) if report_dir else None, **options)
+        code = compare_runs(report_dir=Path(report_dir) if report_dir else None, **options)
     else:  # launched by `mlflow run . -e compare`: keep the comparison in the run MLflow created
         import tempfile
 
+        from rain_mlflow.tracking import Tracker, use_store
+
+        use_store()
         report = Path(report_dir or tempfile.mkdtemp(prefix="rain-mlflow-compare-"))
         with Tracker.start("compare", run_name="compare") as tracker:
-            code = compare_module.run(report_dir=report, **options)
+            code = compare_runs(report_dir=report, **options)
             for name in ("report.md", "curves.png"):
                 tracker.log_artifact(report / name, "report")
     sys.exit(code)
@@ -255,19 +270,46 @@ def compare(experiment: str | None, run_ids: str | None, fmt: str, write_tags: b
 @cli.command()
 @click.option("--experiment", default=None, help="experiment to choose from [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 @click.option("--model-name", "--model_name", "model_name", default=MODEL_NAME, show_default=True)
-@click.option("--metric", default="val_f1", show_default=True, help="per-epoch metric compared at each run's best epoch")
+@click.option("--metric", default="val_f1", show_default=True,
+              help="validation metric (val_*) compared at each run's best epoch")
 @click.option("--alias", default=CHAMPION_ALIAS, show_default=True)
 @click.option("--allow-flagged", "--allow_flagged", "allow_flagged", is_flag=False, flag_value="true",
               default="false", metavar="BOOL", help="also consider runs with diagnosis flags")
+@click.option("--allow-test-metric", "--allow_test_metric", "allow_test_metric", is_flag=False, flag_value="true",
+              default="false", metavar="BOOL",
+              help="allow a test_* --metric (choosing on the test set makes its score optimistic)")
 @click.option("--run-id", "--run_id", "run_id", default=None, help="promote this run instead of choosing one")
+@threshold_options(stored_default=True)
 def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: str,
-            run_id: str | None) -> None:
+            allow_test_metric: str, run_id: str | None, **thresholds: Any) -> None:
     """Register the best healthy run's checkpoint in the Model Registry under an alias."""
     from rain_mlflow.config import parse_bool
     from rain_mlflow.registry import run_promote
 
     run_promote(experiment=experiment, model_name=model_name, metric=metric, alias=alias,
-                allow_flagged=parse_bool("allow_flagged", allow_flagged), run_id=run_id)
+                allow_flagged=parse_bool("allow_flagged", allow_flagged), run_id=run_id,
+                allow_test_metric=parse_bool("allow_test_metric", allow_test_metric),
+                threshold_overrides={k: v for k, v in thresholds.items() if v is not None})
+
+
+@cli.command("import-log")
+@click.argument("logfiles", nargs=-1, metavar="LOGFILE...")
+@click.option("--log", "log", default=None, metavar="LOGFILE",
+              help="one more log file (the spelling `mlflow run -e import-log -P log=...` uses)")
+@click.option("--experiment", default=None, help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--preset", default=None, help="preset the logged run used (a label: tag `preset`)")
+@click.option("--run-name", "--run_name", "run_name", default=None, help="run name [default: the log's file name]")
+@click.option("--vram-budget-gb", "--vram_budget_gb", "vram_budget_gb", default=None, metavar="NUM",
+              help="the run's VRAM budget (param vram_budget_gb), e.g. 7 for transfer, 5 for small")
+@click.option("--vram-peak-gb", "--vram_peak_gb", "vram_peak_gb", default=None, metavar="NUM",
+              help="the peak VRAM you saw, for logs that print none (logged at every epoch)")
+def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | None, preset: str | None,
+               run_name: str | None, vram_budget_gb: str | None, vram_peak_gb: str | None) -> None:
+    """Turn OpenLTM run.py classification logs into FINISHED MLflow runs (one per log) that compare reads."""
+    from rain_mlflow.import_log import import_logs
+
+    import_logs([*logfiles, *([log] if log else [])], experiment=experiment, preset=preset or None, run_name=run_name or None,
+                vram_budget_gb=vram_budget_gb, vram_peak_gb=vram_peak_gb)
 
 
 @cli.command("main")

@@ -1,14 +1,20 @@
 """`promote`: put the best healthy run's model in the Model Registry under an alias.
 
-Choice: among the experiment's training runs that are FINISHED, carry no diagnosis flag (the rules are re-applied
-now, from the histories, and the tags rewritten, so the UI agrees with the decision) and logged a model, the one
-with the best `--metric` at its own best epoch (highest, or lowest for a loss). The run's LoggedModel becomes a new
-version of `--model-name` (unless a version from that run already exists: promoting twice creates nothing new),
-the alias points at it, and the version carries the run's metrics, diagnosis and data digest as tags.
+Choice: among the experiment's runs that are FINISHED, carry no diagnosis flag and logged a model, the one with
+the best `--metric` at its own best epoch (highest, or lowest for a loss). `--metric` must be a validation
+metric: choosing on `test_*` would select on the test set (`--allow-test-metric` allows it). The rules are
+re-applied now, from the histories, with the thresholds (and metric map) each run's last diagnosis stored in
+its tags, so a verdict `compare --<threshold>` gave stands; threshold options given to `promote` override them.
+Everything is decided before anything is written: a promote that ends with a user error changes nothing. Then
+the diagnosis tags are brought up to date (so the UI agrees with the decision), the run's LoggedModel becomes a
+new version of `--model-name` (unless a version from that run already exists: promoting twice creates nothing
+new), the alias points at it, and the version carries the run's metrics, diagnosis and data digest as tags.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +25,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from rain_mlflow import ui
+from rain_mlflow.diagnostics import METRIC_MAP_TAG, THRESHOLDS_TAG, Thresholds
 from rain_mlflow.errors import UserError
 from rain_mlflow.tracking import Tracker, connect, experiment_name, tracking_uri, use_store
 
@@ -49,14 +56,15 @@ class Candidate:
         return None
 
 
-def candidates(client: MlflowClient, experiment_id: str, metric: str) -> list[Candidate]:
-    from rain_mlflow.compare import diagnose_runs, load_histories, write_diagnosis_tags
-    from rain_mlflow.diagnostics.rules import Thresholds
+def candidates(uri: str, experiment: str, metric: str,
+               overrides: dict[str, Any] | None = None) -> tuple[list[Candidate], list[Any]]:
+    """Every diagnosable run of the experiment as a Candidate, and the diagnosis reports (tags not written)."""
+    from rain_mlflow.compare import diagnose_runs, read_runs
+    from rain_mlflow.compare.histories import HISTORY_METRICS
 
-    histories = load_histories(client, experiment_ids=[experiment_id],
-                               extra_metrics=tuple(dict.fromkeys((metric, *VERSION_METRICS))))
-    reports = diagnose_runs(histories, Thresholds(), int(time.time() * 1000))
-    write_diagnosis_tags(client, reports)
+    wanted = tuple(dict.fromkeys((*HISTORY_METRICS, metric, *VERSION_METRICS)))
+    reads = read_runs(uri, experiment=experiment, metric_map=_stored_map, wanted=wanted)
+    reports = diagnose_runs(reads, lambda h: _stored_thresholds(h, overrides or {}), int(time.time() * 1000))
     out = []
     for r in reports:
         h = r.history
@@ -65,7 +73,39 @@ def candidates(client: MlflowClient, experiment_id: str, metric: str) -> list[Ca
             flags=tuple(r.flags), model_id=h.tags.get("model_id"), best_epoch=r.best_epoch,
             value=h.value_at(metric, r.best_epoch),
             at_best={k: v for k in VERSION_METRICS if (v := h.value_at(k, r.best_epoch)) is not None}))
-    return out
+    return out, reports
+
+
+def _stored_thresholds(history: Any, overrides: dict[str, Any]) -> Thresholds:
+    """The thresholds of the run's last diagnosis (defaults when it has none), with `overrides` on top."""
+    stored = history.tags.get(THRESHOLDS_TAG)
+    base = Thresholds.from_json(stored, f"run {history.run_id} tag {THRESHOLDS_TAG}") if stored else Thresholds()
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _stored_map(raw: Any) -> dict[str, str]:
+    """The metric map the run's last diagnosis used (tag `diagnosis.metric_map`), so its names read the same."""
+    text = raw.tags.get(METRIC_MAP_TAG)
+    if not text:
+        return {}
+    try:
+        stored = json.loads(text)
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
+        raise UserError(f"run {raw.run_id} tag {METRIC_MAP_TAG} must be a JSON object of metric names; "
+                        f"got {text[:200]!r}")
+    return stored
+
+
+def check_metric(metric: str, allow_test_metric: bool) -> None:
+    """`--metric` names a validation metric (val_*), or a test one (test_*) with --allow-test-metric."""
+    if metric.startswith("val_") or (allow_test_metric and metric.startswith("test_")):
+        return
+    why = ("choosing a model on the test set makes its test score optimistic; pass --allow-test-metric to do it "
+           "anyway" if metric.startswith("test_") else "runs are chosen on their validation scores")
+    raise UserError(f"--metric must be a validation metric (val_f1, val_accuracy, val_mcc, val_loss, ...); got "
+                    f"{metric!r} ({why})")
 
 
 def choose(pool: list[Candidate], metric: str, allow_flagged: bool) -> Candidate | None:
@@ -96,30 +136,39 @@ def register(client: MlflowClient, chosen: Candidate, model_name: str, alias: st
 
 
 def run_promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
-                run_id: str | None = None) -> dict[str, Any]:
+                run_id: str | None = None, allow_test_metric: bool = False,
+                threshold_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from rain_mlflow.compare import write_diagnosis_tags
+
+    check_metric(metric, allow_test_metric)
+    if threshold_overrides:
+        Thresholds(**threshold_overrides)  # a bad value fails here, before anything is read or written
     use_store()
     client = MlflowClient()
     name = experiment_name(experiment)
     found = client.get_experiment_by_name(name)
     if found is None:
         raise UserError(f"experiment {name!r} not found; train a run first or pass --experiment")
-    pool = candidates(client, found.experiment_id, metric)
+    pool, reports = candidates(tracking_uri(), name, metric, threshold_overrides)
     if run_id:
         pool = [c for c in pool if c.run_id == run_id]
         if not pool:
-            raise UserError(f"run {run_id!r} is not a training run of experiment {name!r}")
+            raise UserError(f"run {run_id!r} is not a run of experiment {name!r} with a per-epoch history")
     if not any(c.value is not None for c in pool) and pool:
-        raise UserError(f"no training run of experiment {name!r} logged the metric {metric!r}; "
+        raise UserError(f"no run of experiment {name!r} logged the metric {metric!r}; "
                         "use a per-epoch metric such as val_f1, val_accuracy, val_mcc or val_loss")
     chosen = choose(pool, metric, allow_flagged)
     if chosen is None:
         raise UserError(_nothing_qualifies(name, pool, allow_flagged))
+    # Decided: from here on, write.
+    write_diagnosis_tags(tracking_uri(), reports)
     digest = client.get_run(chosen.run_id).data.tags.get("data_digest")
     connect(name)
     with Tracker.start("promote", run_name=f"promote {alias}") as tracker:
         version, created = register(client, chosen, model_name, alias, metric, digest)
         tracker.log_params({"model_name": model_name, "metric": metric, "alias": alias,
-                            "allow_flagged": allow_flagged})
+                            "allow_flagged": allow_flagged, "allow_test_metric": allow_test_metric,
+                            **{f"threshold.{k}": v for k, v in (threshold_overrides or {}).items()}})
         tracker.set_tags({"promoted_run_id": chosen.run_id, "model_version": version})
         tracker.log_dict([_ranking_row(c, allow_flagged) for c in pool], "ranking.json")
         tracker.set_note(f"{model_name}@{alias} -> version {version} (run {chosen.run_id}, {chosen.preset}, "

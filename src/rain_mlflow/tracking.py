@@ -181,12 +181,17 @@ class Tracker:
     def set_note(self, text: str) -> None:
         self.set_tags({"mlflow.note.content": text})
 
-    def set_diagnosis(self, findings: list) -> None:
-        """`diagnosis` = ok or the sorted flags, one `diagnosis.<flag>` evidence tag each; stale ones removed."""
-        write_run_diagnosis(self.client, self.run_id, findings)
+    def set_diagnosis(self, findings: list, thresholds: Any = None) -> None:
+        """`diagnosis` = ok or the sorted flags, one `diagnosis.<flag>` evidence tag each, the thresholds used;
+        stale ones removed."""
+        write_run_diagnosis(self.client, self.run_id, findings, thresholds=thresholds)
 
     def current_diagnosis(self) -> str:
         return self.client.get_run(self.run_id).data.tags.get("diagnosis", "ok")
+
+    def tags(self) -> dict[str, str]:
+        """The run's tags as they are now (e.g. the stored `diagnosis.thresholds`)."""
+        return dict(self.client.get_run(self.run_id).data.tags)
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
@@ -238,25 +243,31 @@ class Tracker:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst))
 
 
-DIAGNOSIS_TAG_LIMIT = 5000  # MLflow accepts 8,000 characters per tag value; evidence lines are ~150
+def runs_with_tag(experiment_id: str, key: str, value: str) -> list[str]:
+    """Ids of the experiment's active runs whose tag `key` is `value` (e.g. an imported log's digest)."""
+    from mlflow.entities import ViewType
+
+    quoted = value.replace("'", "\\'")
+    found = MlflowClient().search_runs([experiment_id], f"tags.`{key}` = '{quoted}'", ViewType.ACTIVE_ONLY,
+                                       max_results=10)
+    return [run.info.run_id for run in found]
 
 
 def write_run_diagnosis(client: MlflowClient, run_id: str, findings: Any,
-                        current_tags: dict[str, str] | None = None) -> None:
-    """`diagnosis` (ok or the sorted flags) and one `diagnosis.<flag>` evidence tag per finding, in one batch of
-    the tags that changed; `diagnosis.*` tags of flags that no longer fire are deleted. Used live and by compare."""
-    from rain_mlflow.diagnostics.rules import diagnosis_tag
+                        current_tags: dict[str, str] | None = None, thresholds: Any = None,
+                        metric_map: dict[str, str] | None = None) -> None:
+    """`diagnosis` (ok or the sorted flags), one `diagnosis.<flag>` evidence tag per finding and the thresholds
+    (and metric map) used, in one batch of the tags that changed; `diagnosis.*` tags this diagnosis no longer
+    has are deleted. Used live and by compare / promote (`rain_mlflow.diagnostics.tags`)."""
+    from rain_mlflow.diagnostics import diagnosis_tags, tag_changes
 
     if current_tags is None:
         current_tags = client.get_run(run_id).data.tags
-    wanted = {"diagnosis": diagnosis_tag(findings)}
-    wanted |= {f"diagnosis.{f.flag}": f.evidence[:DIAGNOSIS_TAG_LIMIT] for f in findings}
-    current = {k: v for k, v in current_tags.items() if k == "diagnosis" or k.startswith("diagnosis.")}
-    changed = [RunTag(k, v) for k, v in wanted.items() if current.get(k) != v]
+    changed, stale = tag_changes(current_tags, diagnosis_tags(findings, thresholds, metric_map))
     if changed:
-        client.log_batch(run_id, tags=changed)
-    for stale in sorted(current.keys() - wanted.keys()):
-        client.delete_tag(run_id, stale)
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in changed.items()])
+    for key in stale:
+        client.delete_tag(run_id, key)
 
 
 def _now_ms() -> int:

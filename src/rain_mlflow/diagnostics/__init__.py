@@ -4,15 +4,20 @@
 from rain_mlflow.diagnostics.history import RunHistory, is_finite, normalise
 from rain_mlflow.diagnostics.rules import (
     RULE_METRICS,
+    RULE_NEEDS,
     RULES,
     Finding,
-    Thresholds,
     diagnose,
     diagnosis_tag,
+    noise_floor,
+    skipped,
     validate_flags,
 )
+from rain_mlflow.diagnostics.tags import METRIC_MAP_TAG, diagnosis_tags, tag_changes
+from rain_mlflow.diagnostics.thresholds import THRESHOLDS_TAG, Thresholds
 
 __all__ = [
-    "RULES", "RULE_METRICS", "Finding", "RunHistory", "Thresholds", "diagnose", "diagnosis_tag", "is_finite",
-    "normalise", "validate_flags",
+    "METRIC_MAP_TAG", "RULES", "RULE_METRICS", "RULE_NEEDS", "THRESHOLDS_TAG", "Finding", "RunHistory", "Thresholds",
+    "diagnose", "diagnosis_tag", "diagnosis_tags", "is_finite", "noise_floor", "normalise", "skipped", "tag_changes",
+    "validate_flags",
 ]

@@ -18,7 +18,7 @@ INF_SENTINEL = 1e308
 
 def is_finite(value: float) -> bool:
     """False for NaN, +/-inf and MLflow's stand-in for inf (abs(value) >= 1e308)."""
-    return not math.isnan(value) and abs(value) < INF_SENTINEL
+    return -INF_SENTINEL < value < INF_SENTINEL  # NaN fails every comparison
 
 
 def normalise(value: float) -> float:
@@ -32,8 +32,12 @@ def normalise(value: float) -> float:
 class RunHistory:
     """What the diagnosis rules may know about one run.
 
-    `metrics` holds per-epoch metrics only (metric -> {epoch: value}, epoch = MLflow step >= 1);
-    `summary` holds the end-of-run metrics logged at step 0 (`best_epoch`, `val_always_rain_f1`, ...).
+    `metrics` holds per-epoch metrics only (metric -> {epoch: value}, epochs counted from 1; the reader turns
+    whatever steps the run logged into these epochs, see docs/diagnostics.md "Which epochs");
+    `summary` holds run-level values: the end-of-run metrics the trainer logs at step 0 (`best_epoch`,
+    `val_always_rain_f1`, ...) and the latest `val_windows` / `test_windows`.
+    `notes` says how a metric was read when that was not verbatim (metric -> note, e.g. percent read as /100);
+    the rules append the note to the evidence of every finding that used the metric.
     Times are Unix epoch milliseconds, as MLflow reports them.
     """
 
@@ -46,6 +50,7 @@ class RunHistory:
     summary: dict[str, float] = field(default_factory=dict)
     start_time_ms: int | None = None
     last_update_ms: int | None = None  # timestamp of the most recent per-epoch metric; None before epoch 1
+    notes: dict[str, str] = field(default_factory=dict)
 
     def epochs(self) -> list[int]:
         """Sorted epochs that have a validation result (val_accuracy or val_loss)."""
@@ -78,6 +83,19 @@ class RunHistory:
         if value is None or not math.isfinite(value) or value != int(value):
             return None
         return int(value)
+
+    def eval_windows(self, split: str, epoch: int | None = None) -> int | None:
+        """How many windows `split` ('val' or 'test') was evaluated on: the metric `<split>_windows` at `epoch`
+        (else its latest value), else the older runs' param `windows_<split>`; None when unknown."""
+        name = f"{split}_windows"
+        per_epoch = self.metrics.get(name, {})
+        candidates = (per_epoch.get(epoch) if epoch is not None else None,
+                      per_epoch[max(per_epoch)] if per_epoch else None, self.summary.get(name))
+        for value in candidates:
+            if value is not None and is_finite(value) and value >= 1 and value == int(value):
+                return int(value)
+        from_param = self.param_int(f"windows_{split}")
+        return from_param if from_param is not None and from_param >= 1 else None
 
     def with_epoch(self, epoch: int, values: Mapping[str, float], timestamp_ms: int | None = None) -> RunHistory:
         """A copy with one more epoch of metrics (the live trainer's path); the original is left unchanged."""

@@ -3,7 +3,8 @@
 Each rule is `(history, thresholds, now_ms) -> Finding | None` and is registered in `RULES` (flag name -> rule),
 in the order of DESIGN.md's table. The same rules run live (the trainer, after every epoch) and offline
 (`rain-mlflow compare`). A rule that lacks the epochs or metrics it needs returns None: missing data is not an
-error and never a flag. Why each threshold is what it is: docs/diagnostics.md.
+error and never a flag; `skipped` says which rules could not run for want of which metric. Why each threshold
+is what it is: docs/diagnostics.md.
 
 Units: accuracies and fractions are 0..1 and are printed as percentages; differences between accuracies are
 printed in percentage points ("pts"); losses are printed with 4 significant digits; times are seconds.
@@ -14,67 +15,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from statistics import fmean
 from typing import Any
 
 from rain_mlflow.diagnostics.history import RunHistory, is_finite, normalise
-from rain_mlflow.errors import ConfigError, UserError
+from rain_mlflow.diagnostics.text import at_epochs, format_duration, format_epochs, num, pct, pts
+from rain_mlflow.diagnostics.thresholds import Thresholds
+from rain_mlflow.errors import UserError
+
+__all__ = ["RULES", "RULE_METRICS", "RULE_NEEDS", "Finding", "Thresholds", "diagnose", "diagnosis_tag",
+           "format_duration", "format_epochs", "noise_floor", "skipped", "validate_flags"]
 
 # Metrics are logged as floats: a gap printed as "5.00 pts" (0.75 - 0.70 = 0.05000000000000004) must not fire a
 # "> 5 pts" rule. Every threshold comparison allows this much rounding noise.
 _EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Every number the rules use; defaults are DESIGN.md's (the seed's "Señales de problemas")."""
-
-    stalled_epochs: int = 3
-    """`stalled`: number of consecutive epochs whose val_accuracy must stay within the tolerance."""
-    stalled_tolerance: float = 0.001
-    """`stalled`: largest val_accuracy spread (fraction) still called unchanged; raised to 1 / windows_val."""
-    oscillation_drop: float = 0.05
-    """`oscillating`: a val_accuracy fall (fraction) between consecutive epochs larger than this fires."""
-    divergence_gap: float = 0.05
-    """`val_test_divergence`: abs(val_accuracy - test_accuracy) (fraction) larger than this fires."""
-    not_improving_min_later_epochs: int = 2
-    """`val_loss_not_improving`: epochs after the first that must exist before the rule judges."""
-    collapse_fraction: float = 0.99
-    """`class_collapse`: final val_pred_rain_fraction >= this (all rain) or <= 1 - this (no rain) fires."""
-    dead_factor: float = 3.0
-    """`dead_run`: silence longer than this many mean epoch times (epoch_time_s) means dead ..."""
-    dead_min_seconds: float = 600.0
-    """`dead_run`: ... but never less than this many seconds (short epochs, slow tracking servers)."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            kind, allowed, rule = _THRESHOLD_RULES[f.name]
-            value = getattr(self, f.name)
-            if not _is_kind(value, kind) or not rule(value):
-                raise ConfigError(f"Thresholds.{f.name} must be {allowed}; got {value!r}")
-
-
-def _is_kind(value: Any, kind: type) -> bool:
-    if isinstance(value, bool):
-        return False
-    if kind is int:
-        return isinstance(value, int)
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-# field -> (type, what is allowed (for the message), check). The ranges exclude values that make a rule fire on
-# every run (stalled_epochs 1, collapse_fraction <= 0.5) or never be able to fire (drops or gaps >= 1).
-_THRESHOLD_RULES: dict[str, tuple[type, str, Callable[[Any], bool]]] = {
-    "stalled_epochs": (int, "an integer >= 2", lambda v: v >= 2),
-    "stalled_tolerance": (float, "a number in [0, 1)", lambda v: 0 <= v < 1),
-    "oscillation_drop": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
-    "divergence_gap": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
-    "not_improving_min_later_epochs": (int, "an integer >= 1", lambda v: v >= 1),
-    "collapse_fraction": (float, "a number in (0.5, 1]", lambda v: 0.5 < v <= 1),
-    "dead_factor": (float, "a number > 0", lambda v: v > 0),
-    "dead_min_seconds": (float, "a number >= 0", lambda v: v >= 0),
-}
 
 
 @dataclass(frozen=True)
@@ -90,58 +45,25 @@ class Finding:
 Rule = Callable[[RunHistory, Thresholds, int], "Finding | None"]
 
 
-# ---- formatting: one style for every evidence line --------------------------------------------------------------
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
-
-
-def _pts(diff: float) -> str:
-    return f"{100 * diff:.2f} pts"
-
-
-def _num(value: float) -> str:
-    """Losses and other raw values: 4 significant digits; nan / inf spelled out."""
-    value = normalise(value)
-    return str(value) if not math.isfinite(value) else f"{value:.4g}"
-
-
-def format_duration(seconds: float | None) -> str:
-    """Seconds for a person: '0.5 s', '42 s', '14.4 min', '32.5 h' ('' when unknown)."""
-    if seconds is None or not math.isfinite(seconds):
-        return ""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def format_epochs(epochs: Iterable[int]) -> str:
-    """`[1, 2, 3, 5]` -> `1-3, 5`."""
-    ordered = sorted(set(epochs))
-    parts: list[str] = []
-    start = prev = None
-    for epoch in ordered + [None]:
-        if start is not None and (epoch is None or epoch != prev + 1):
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if epoch is not None and start is None:
-            start = epoch
-        prev = epoch
-    return ", ".join(parts)
-
-
-def _at_epochs(epochs: Iterable[int]) -> str:
-    """`epoch 3` or `epochs 1-3, 5`."""
-    listed = sorted(set(epochs))
-    return f"epoch{'s' if len(listed) > 1 else ''} {format_epochs(listed)}"
-
-
 def _finite_series(history: RunHistory, name: str) -> list[tuple[int, float]]:
     return [(epoch, value) for epoch, value in history.series(name) if is_finite(value)]
+
+
+# ---- the noise floor: what an accuracy difference must exceed to be more than sampling noise -----------------
+
+def noise_floor(z: float, *samples: tuple[float, int | None]) -> float | None:
+    """z standard errors of an accuracy (one sample) or of a difference of two (two samples), each sample being
+    (accuracy p, windows n): z * sqrt(sum of p (1 - p) / n). None when a window count is unknown: the rule then
+    judges by its threshold alone, as it did before counts were logged."""
+    if any(n is None or n < 1 for _, n in samples):
+        return None
+    return z * math.sqrt(sum(p * (1 - p) / n for p, n in samples))
+
+
+def _floor_text(floor: float | None, z: float, windows: str, unknown: str) -> str:
+    if floor is None:
+        return f"no noise floor: {unknown} unknown"
+    return f"noise floor {pts(floor)} = {z:g} SE at {windows}"
 
 
 # ---- the rules --------------------------------------------------------------------------------------------------
@@ -149,13 +71,15 @@ def _finite_series(history: RunHistory, name: str) -> list[tuple[int, float]]:
 def stalled(history: RunHistory, thresholds: Thresholds, now_ms: int) -> Finding | None:
     """`stalled_epochs` consecutive epochs whose val_accuracy all lie within the tolerance (max - min <= tol).
 
-    The tolerance is max(stalled_tolerance, 1 / windows_val): accuracy over n windows moves in steps of 1/n, so a
-    change of a single window is indistinguishable from no change at all.
+    The tolerance is max(stalled_tolerance, 1 / val_windows): accuracy over n windows moves in steps of 1/n, so a
+    change of a single window is indistinguishable from no change at all. No binomial floor here: a model that
+    does not change scores the same windows identically, so sampling noise cannot hide a stall, and widening the
+    tolerance by the noise would call slow learners stalled.
     """
     points = _finite_series(history, "val_accuracy")
     need = thresholds.stalled_epochs
-    n_val = history.param_int("windows_val")
-    one_window = 1 / n_val if n_val and n_val > 0 else None
+    n_val = history.eval_windows("val")
+    one_window = 1 / n_val if n_val else None
     tolerance = max(thresholds.stalled_tolerance, one_window or 0.0)
     for start in range(len(points) - need + 1):
         end = start + need  # points[start:end] is the candidate stretch; grow it while it stays flat
@@ -166,11 +90,10 @@ def stalled(history: RunHistory, thresholds: Thresholds, now_ms: int) -> Finding
         stretch = points[start:end]
         values = [v for _, v in stretch]
         low, high = min(values), max(values)
-        shown = _pct(low) if _pct(low) == _pct(high) else f"{_pct(low)}-{_pct(high)}"
-        window_note = (f"one of {n_val} val windows = {_pts(one_window)}" if one_window
-                       else "windows_val unknown")
-        evidence = (f"val_accuracy {shown} at {_at_epochs(e for e, _ in stretch)} "
-                    f"(spread {_pts(high - low)}; tolerance {_pts(tolerance)}, {window_note}; "
+        shown = pct(low) if pct(low) == pct(high) else f"{pct(low)}-{pct(high)}"
+        window_note = f"one of {n_val} val windows = {pts(one_window)}" if one_window else "val_windows unknown"
+        evidence = (f"val_accuracy {shown} at {at_epochs(e for e, _ in stretch)} "
+                    f"(spread {pts(high - low)}; tolerance {pts(tolerance)}, {window_note}; "
                     f"threshold {need} epochs)")
         return Finding("stalled", evidence, tuple(e for e, _ in stretch),
                        {"val_accuracy": values, "spread": high - low, "tolerance": tolerance,
@@ -186,37 +109,60 @@ def _flat(stretch: list[tuple[int, float]], tolerance: float) -> bool:
 
 
 def oscillating(history: RunHistory, thresholds: Thresholds, now_ms: int) -> Finding | None:
-    """val_accuracy falls by more than `oscillation_drop` between consecutive epochs (a rise is healthy)."""
+    """val_accuracy falls by more than `oscillation_drop` between consecutive epochs (a rise is healthy), and by
+    more than the noise floor: `noise_z` binomial standard errors at the mean of the two accuracies and the
+    epoch's val_windows."""
     points = _finite_series(history, "val_accuracy")
-    drops = [(before, after) for before, after in zip(points, points[1:])
-             if before[1] - after[1] > thresholds.oscillation_drop + _EPS]
+    drops = []  # (before, after, floor)
+    for (e0, v0), (e1, v1) in zip(points, points[1:]):
+        if v0 - v1 <= thresholds.oscillation_drop + _EPS:
+            continue
+        floor = noise_floor(thresholds.noise_z, ((v0 + v1) / 2, history.eval_windows("val", e1)))
+        if floor is None or v0 - v1 > floor + _EPS:
+            drops.append(((e0, v0), (e1, v1), floor))
     if not drops:
         return None
-    (e0, v0), (e1, v1) = max(drops, key=lambda pair: pair[0][1] - pair[1][1])
+    (e0, v0), (e1, v1), floor = max(drops, key=lambda drop: drop[0][1] - drop[1][1])
     count = f"{len(drops)} such drop" + ("s" if len(drops) > 1 else "")
-    evidence = (f"val_accuracy fell {_pts(v0 - v1)} from {_pct(v0)} at epoch {e0} to {_pct(v1)} at epoch {e1} "
-                f"(threshold: a fall of more than {_pts(thresholds.oscillation_drop)}; {count})")
-    epochs = tuple(sorted({e for pair in drops for e, _ in pair}))
+    n_val = history.eval_windows("val", e1)
+    evidence = (f"val_accuracy fell {pts(v0 - v1)} from {pct(v0)} at epoch {e0} to {pct(v1)} at epoch {e1} "
+                f"(threshold: a fall of more than {pts(thresholds.oscillation_drop)}; "
+                f"{_floor_text(floor, thresholds.noise_z, f'{n_val} val windows', 'val_windows')}; {count})")
+    epochs = tuple(sorted({e for before, after, _ in drops for e in (before[0], after[0])}))
     return Finding("oscillating", evidence, epochs,
                    {"drop": v0 - v1, "from_epoch": e0, "to_epoch": e1, "drops": len(drops),
-                    "threshold": thresholds.oscillation_drop})
+                    "threshold": thresholds.oscillation_drop, "noise_floor": floor, "windows_val": n_val})
 
 
 def val_test_divergence(history: RunHistory, thresholds: Thresholds, now_ms: int) -> Finding | None:
-    """abs(val_accuracy - test_accuracy) > `divergence_gap` at some epoch; the evidence names the worst one."""
+    """abs(val_accuracy - test_accuracy) > `divergence_gap` and > the noise floor (`noise_z` standard errors of
+    a difference of two proportions, from val_windows and test_windows) at some epoch; the evidence names the
+    worst one."""
     val = dict(_finite_series(history, "val_accuracy"))
     test = dict(_finite_series(history, "test_accuracy"))
-    over = [(epoch, val[epoch], test[epoch]) for epoch in sorted(val.keys() & test.keys())
-            if abs(val[epoch] - test[epoch]) > thresholds.divergence_gap + _EPS]
+    over = []  # (epoch, val, test, floor)
+    for epoch in sorted(val.keys() & test.keys()):
+        v, t = val[epoch], test[epoch]
+        if abs(v - t) <= thresholds.divergence_gap + _EPS:
+            continue
+        floor = noise_floor(thresholds.noise_z, (v, history.eval_windows("val", epoch)),
+                            (t, history.eval_windows("test", epoch)))
+        if floor is None or abs(v - t) > floor + _EPS:
+            over.append((epoch, v, t, floor))
     if not over:
         return None
-    epoch, v, t = max(over, key=lambda row: abs(row[1] - row[2]))
-    epochs = tuple(e for e, _, _ in over)
-    evidence = (f"val_accuracy {_pct(v)} vs test_accuracy {_pct(t)} at epoch {epoch}: gap {_pts(abs(v - t))} "
-                f"> {_pts(thresholds.divergence_gap)} (over at {_at_epochs(epochs)})")
+    epoch, v, t, floor = max(over, key=lambda row: abs(row[1] - row[2]))
+    epochs = tuple(row[0] for row in over)
+    n_val, n_test = history.eval_windows("val", epoch), history.eval_windows("test", epoch)
+    windows = f"{n_val} val / {n_test} test windows"
+    evidence = (f"val_accuracy {pct(v)} vs test_accuracy {pct(t)} at epoch {epoch}: gap {pts(abs(v - t))} "
+                f"> {pts(thresholds.divergence_gap)} "
+                f"({_floor_text(floor, thresholds.noise_z, windows, 'val_windows or test_windows')}; "
+                f"over at {at_epochs(epochs)})")
     return Finding("val_test_divergence", evidence, epochs,
                    {"epoch": epoch, "val_accuracy": v, "test_accuracy": t, "gap": abs(v - t),
-                    "threshold": thresholds.divergence_gap})
+                    "threshold": thresholds.divergence_gap, "noise_floor": floor, "windows_val": n_val,
+                    "windows_test": n_test})
 
 
 def val_loss_not_improving(history: RunHistory, thresholds: Thresholds, now_ms: int) -> Finding | None:
@@ -230,8 +176,8 @@ def val_loss_not_improving(history: RunHistory, thresholds: Thresholds, now_ms: 
         return None
     later = points[1:]
     best_later_epoch, best_later = min(later, key=lambda point: point[1])
-    evidence = (f"val_loss lowest at epoch {first_epoch} ({_num(first)}); none of the {len(later)} later epochs "
-                f"({format_epochs(e for e, _ in later)}) beat it (best of them {_num(best_later)} at epoch "
+    evidence = (f"val_loss lowest at epoch {first_epoch} ({num(first)}); none of the {len(later)} later epochs "
+                f"({format_epochs(e for e, _ in later)}) beat it (best of them {num(best_later)} at epoch "
                 f"{best_later_epoch}; threshold: at least {thresholds.not_improving_min_later_epochs} later epochs)")
     return Finding("val_loss_not_improving", evidence, tuple(e for e, _ in points),
                    {"first_val_loss": first, "best_later_val_loss": best_later, "later_epochs": len(later),
@@ -249,7 +195,7 @@ def vram_over_budget(history: RunHistory, thresholds: Thresholds, now_ms: int) -
         return None
     over = tuple(e for e, v in points if v > budget)
     evidence = (f"vram_peak_gb {peak:.2f} GB at epoch {peak_epoch} > budget {budget:.2f} GB "
-                f"(param vram_budget_gb; over at {_at_epochs(over)})")
+                f"(param vram_budget_gb; over at {at_epochs(over)})")
     return Finding("vram_over_budget", evidence, over, {"peak_gb": peak, "epoch": peak_epoch, "budget_gb": budget})
 
 
@@ -266,8 +212,8 @@ def class_collapse(history: RunHistory, thresholds: Thresholds, now_ms: int) -> 
         what = "no rain for almost every window"
     else:
         return None
-    evidence = (f"val_pred_rain_fraction {_pct(fraction)} at final epoch {epoch}: predicts {what} "
-                f"(threshold >= {_pct(high)} or <= {_pct(low)})")
+    evidence = (f"val_pred_rain_fraction {pct(fraction)} at final epoch {epoch}: predicts {what} "
+                f"(threshold >= {pct(high)} or <= {pct(low)})")
     return Finding("class_collapse", evidence, (epoch,), {"val_pred_rain_fraction": fraction, "threshold": high})
 
 
@@ -280,8 +226,8 @@ def non_finite_loss(history: RunHistory, thresholds: Thresholds, now_ms: int) ->
         return None
     epoch, _, name, value = min(bad, key=lambda row: row[:2])  # first epoch; train_loss before val_loss
     epochs = tuple(sorted({row[0] for row in bad}))
-    evidence = (f"{name} is {_num(value)} at epoch {epoch} (first non-finite loss; {len(bad)} non-finite "
-                f"value{'s' if len(bad) > 1 else ''} in train_loss/val_loss at {_at_epochs(epochs)})")
+    evidence = (f"{name} is {num(value)} at epoch {epoch} (first non-finite loss; {len(bad)} non-finite "
+                f"value{'s' if len(bad) > 1 else ''} in train_loss/val_loss at {at_epochs(epochs)})")
     return Finding("non_finite_loss", evidence, epochs,
                    {"metric": name, "epoch": epoch, "value": str(normalise(value)), "count": len(bad)})
 
@@ -322,11 +268,42 @@ RULES: dict[str, Rule] = {
     "dead_run": dead_run,
 }
 
+# What each rule needs before it can judge: a list of requirements, each met by any one of its alternatives
+# (a per-epoch metric, or `param <name>`). `dead_run` needs only the status and the metric timestamps.
+RULE_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "stalled": (("val_accuracy",),),
+    "oscillating": (("val_accuracy",),),
+    "val_test_divergence": (("val_accuracy",), ("test_accuracy",)),
+    "val_loss_not_improving": (("val_loss",),),
+    "vram_over_budget": (("vram_peak_gb",), ("param vram_budget_gb",)),
+    "class_collapse": (("val_pred_rain_fraction",),),
+    "non_finite_loss": (("train_loss", "val_loss"),),
+    "dead_run": (),
+}
+
 # The per-epoch metrics the rules read; the offline reader fetches histories for these (plus what it displays).
 RULE_METRICS: tuple[str, ...] = (
     "val_accuracy", "test_accuracy", "val_loss", "train_loss", "vram_peak_gb", "val_pred_rain_fraction",
     "epoch_time_s",
 )
+
+
+def _has(history: RunHistory, need: str) -> bool:
+    if need.startswith("param "):
+        return history.param_float(need.removeprefix("param ")) is not None
+    return bool(history.metrics.get(need))
+
+
+def skipped(history: RunHistory, only: Iterable[str] | None = None) -> dict[str, str]:
+    """rule -> what it lacked (e.g. `test_accuracy`, `vram_peak_gb, param vram_budget_gb`), for every rule that
+    could not judge this run for want of data."""
+    out = {}
+    for name in RULES if only is None else validate_flags(only):
+        missing = [" or ".join(alternatives) for alternatives in RULE_NEEDS[name]
+                   if not any(_has(history, need) for need in alternatives)]
+        if missing:
+            out[name] = ", ".join(missing)
+    return out
 
 
 def validate_flags(names: Iterable[str]) -> tuple[str, ...]:
@@ -340,11 +317,23 @@ def validate_flags(names: Iterable[str]) -> tuple[str, ...]:
 
 def diagnose(history: RunHistory, thresholds: Thresholds = Thresholds(), now_ms: int | None = None,
              only: Iterable[str] | None = None) -> list[Finding]:
-    """Run every rule (or only the named ones) in RULES order; `now_ms` defaults to the current time."""
+    """Run every rule (or only the named ones) in RULES order; `now_ms` defaults to the current time.
+
+    A finding whose metrics the reader did not take verbatim (`history.notes`, e.g. percent read as /100) ends
+    its evidence with that note, so a person checking the numbers sees how they were read.
+    """
     wanted = set(RULES) if only is None else set(validate_flags(only))
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    findings = (RULES[name](history, thresholds, now) for name in RULES if name in wanted)
-    return [finding for finding in findings if finding is not None]
+    findings = []
+    for name in RULES:
+        finding = RULES[name](history, thresholds, now) if name in wanted else None
+        if finding is not None:
+            used = (need for alternatives in RULE_NEEDS[name] for need in alternatives)
+            notes = [history.notes[metric] for metric in dict.fromkeys(used) if metric in history.notes]
+            if notes:
+                finding = replace(finding, evidence=f"{finding.evidence} [{'; '.join(notes)}]")
+            findings.append(finding)
+    return findings
 
 
 def diagnosis_tag(findings: Iterable[Finding]) -> str:

@@ -174,18 +174,29 @@ class EpochTracker:
         self.tracker.log_metrics(metrics, step=epoch)
 
     def diagnose(self, state: TrainState) -> list:
-        from rain_mlflow.diagnostics.history import RunHistory
-        from rain_mlflow.diagnostics.rules import diagnose
+        """The rules after this epoch, with the thresholds stored on the run (a `compare --<threshold>` while it
+        trains, or the first session's before a resume), else the defaults; the window counts give the noise
+        floor."""
+        from rain_mlflow.diagnostics import THRESHOLDS_TAG, RunHistory, Thresholds, diagnose
+        from rain_mlflow.errors import ConfigError
 
+        tags = self.tracker.tags()
+        thresholds = Thresholds()
+        if tags.get(THRESHOLDS_TAG):
+            try:
+                thresholds = Thresholds.from_json(tags[THRESHOLDS_TAG], f"run tag {THRESHOLDS_TAG}")
+            except ConfigError as exc:  # never end hours of training over a hand-edited tag
+                log.warning("%s; diagnosing with the default thresholds", exc)
         names = sorted({k for m in state.history.values() for k in m})
         history = RunHistory(
             run_id=self.tracker.run_id, run_name=self.run_name, status="RUNNING",
             params={"vram_budget_gb": str(self.cfg.train.vram_budget_gb),
-                    "windows_val": str(self.data.splits["val"].size)},
-            metrics={k: {e: m[k] for e, m in state.history.items() if k in m} for k in names},
+                    "windows_val": str(self.data.splits["val"].size),
+                    "windows_test": str(self.data.splits["test"].size)},
+            tags=tags, metrics={k: {e: m[k] for e, m in state.history.items() if k in m} for k in names},
             start_time_ms=None, last_update_ms=int(time.time() * 1000))
-        findings = diagnose(history, only=_live_rules())
-        self.tracker.set_diagnosis(findings)
+        findings = diagnose(history, thresholds, only=_live_rules())
+        self.tracker.set_diagnosis(findings, thresholds)
         return findings
 
     def record_non_finite(self, exc: NonFiniteLoss) -> None:
