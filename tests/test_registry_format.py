@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import mlflow
+import mlflow.pytorch
 import numpy as np
 import pandas as pd
 import pytest
@@ -63,9 +64,12 @@ import cloudpickle, numpy as np
 def refuse(*args, **kwargs):
     raise AssertionError("unpickling attempted")
 
+class Refused:  # torch.load subclasses pickle.Unpickler (with weights_only=False)
+    __init__ = load = refuse
+
 for module in (pickle, cloudpickle):
     module.load = module.loads = refuse
-pickle.Unpickler = refuse
+pickle.Unpickler = Refused
 
 import mlflow.pyfunc
 model = mlflow.pyfunc.load_model(sys.argv[1])
@@ -91,6 +95,19 @@ def test_the_registered_model_loads_and_predicts_with_unpickling_disabled(promot
     expected = reference.rain_probability(torch.from_numpy(x)).numpy()
     assert served.shape == (5,) and ((served >= 0) & (served <= 1)).all()
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_no_pickle_guard_does_stop_a_pickled_model(promoted, tmp_path):
+    """Control: the same loader, given a model that IS a pickle (the former format), fails on the patch alone
+    (MLflow's own MLFLOW_ALLOW_PICKLE_DESERIALIZATION guard is left at its default, allow)."""
+    uri, _, _ = promoted
+    with mlflow.start_run(experiment_id=MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id):
+        info = mlflow.pytorch.log_model(torch.nn.Linear(3, 1), name="pickled", serialization_format="pickle",
+                                        pip_requirements=["torch"])
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), dtype=np.float32))
+    result = subprocess.run([sys.executable, "-c", NO_PICKLE, info.model_uri, str(tmp_path / "x.npy")],
+                            env=run_env(uri), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "unpickling attempted" in result.stderr, result.stderr[-2000:]
 
 
 def test_the_registered_model_documents_its_input_and_output(promoted):

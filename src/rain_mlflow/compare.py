@@ -183,7 +183,8 @@ def _sql_rows_store_api(store: Any, batch: Wanted) -> Iterator[Row]:
         run_ids = [run_id for run_id, keys in batch.items() if key in keys]
         rows = store.get_metric_history_bulk(run_ids=run_ids, metric_key=key, max_results=SQL_ROW_LIMIT)
         if len(rows) >= SQL_ROW_LIMIT:  # a LIMIT, not sampling: reaching it would cut histories silently
-            raise RuntimeError(f"{key}: {len(rows)} rows for {len(run_ids)} runs reached SQL_ROW_LIMIT")
+            raise UserError(f"the metric {key!r} has {len(rows)} or more points across {len(run_ids)} runs, more "
+                            "than one read may return; compare fewer runs at a time with --run-ids")
         yield from ((m.run_id, key, m.step, m.timestamp, m.value) for m in rows)
 
 

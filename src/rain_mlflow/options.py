@@ -131,9 +131,9 @@ def _model_uri(field: str, value: str, rule: dict) -> str:
         return text
     path = Path(text)
     if not text or not path.is_file():
-        what = "a folder" if text and path.is_dir() else "not an existing file"
+        what = "a folder" if text and path.is_dir() else "neither"
         raise ConfigError(f"{field} must be models:/NAME@ALIAS, a run id (32 hexadecimal characters) or an existing "
-                          f"checkpoint file; got {value!r} ({what})")
+                          f"checkpoint file; got {value!r}, which is {what}")
     return text
 
 

@@ -43,6 +43,7 @@ COMMAND_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BAC
 LOCKED_RETRY_S = 60.0   # how long a write waits for other sqlite writers, on top of sqlite's own 20 s busy timeout
 
 _checked: dict[str, str | None] = {}   # uri -> None when it answered, else the problem
+lock_waits = 0                         # writes that waited for another sqlite writer (bench_sqlite_writers.py)
 
 
 class StoreError(UserError):
@@ -170,6 +171,7 @@ def store_error(exc: BaseException) -> StoreError | None:
 
 def retry_locked(write: Callable[[], T], what: str) -> T:
     """Run a store write, waiting out sqlite's "database is locked" from other writers (with backoff)."""
+    global lock_waits
     waited, delay = 0.0, 0.2
     while True:
         try:
@@ -177,6 +179,7 @@ def retry_locked(write: Callable[[], T], what: str) -> T:
         except Exception as exc:
             if "database is locked" not in str(exc) or waited >= LOCKED_RETRY_S:
                 raise
+            lock_waits += 1
             log.debug("%s: database is locked, retrying in %.1f s", what, delay)
             time.sleep(delay)
             waited += delay

@@ -98,7 +98,10 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
             epochs.record_non_finite(exc)
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last completed epoch resumable
-            epochs.send_unsent(workdir)
+            try:
+                epochs.send_unsent(workdir)
+            except Exception as exc:  # the run still ends KILLED; the store holds the epoch before
+                log.warning("could not upload the latest checkpoint: %s", " ".join(str(exc).split())[:200])
             click.echo(f"run {tracker.run_id} stopped after epoch {epochs.completed}; continue it with: "
                        f"rain-mlflow train --resume {tracker.run_id}", err=True)
             raise
