@@ -18,8 +18,10 @@ from tests.test_train import EPOCH_METRICS, histories, smoke_args
 
 def test_three_concurrent_smoke_trainings_on_one_sqlite_store(tmp_path, synthetic_csv):
     uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    one_year = tmp_path / "one_year.csv"
+    one_year.write_text("\n".join(synthetic_csv.read_text().splitlines()[:8767]) + "\n")
     processes = [subprocess.Popen([sys.executable, "-m", "rain_mlflow",
-                                   *smoke_args(synthetic_csv, "--train-epochs", "2", "--seed", str(seed),
+                                   *smoke_args(one_year, "--train-epochs", "2", "--seed", str(seed),
                                                "--experiment", "together", "--run-name", f"r{seed}")],
                                   env=run_env(uri), cwd=tmp_path, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
