@@ -118,6 +118,7 @@ def checked_values(checked: Checked, workdir: Path) -> st.SearchStrategy[str]:
         "int": st.one_of(not_a_number(int), out_of_range(int, rule)),
         "float": st.one_of(not_a_number(float), out_of_range(float, rule)),
         "bool": WORDS.filter(lambda t: t.lower() not in TRUE_FALSE),
+        "choice": WORDS.filter(lambda t: t not in rule.get("choices", ())),
         "preset": WORDS.filter(lambda t: t not in presets.names()),
         "freq": st.sampled_from(["xyz", "0h", "2D", "7", ""]),
         "run_id": st.one_of(WORDS, st.just("0" * 31), st.just("g" * 32)),
