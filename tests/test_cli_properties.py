@@ -235,6 +235,7 @@ def test_a_bad_value_is_one_error_line_and_nothing_written(command, name, data, 
     (["compare", "--report", "data.csv"], "report must be a folder path, not a file"),
     (["train", "--reschedule"], "--reschedule only applies with --resume"),
     (["train", "--resume", "not-a-run"], "resume must be an MLflow run id"),
+    (["test", "--data", "."], "is not a file"),          # before the registry is asked for the default model
 ])
 def test_named_bad_inputs(workdir, monkeypatch, argv, fragment):
     monkeypatch.chdir(workdir)

@@ -24,7 +24,7 @@ from rain_mlflow import presets
 from rain_mlflow.config import DEFAULT_MODEL_URI, SYNTHETIC, RunConfig
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import evaluation_windows
-from rain_mlflow.errors import UserError
+from rain_mlflow.errors import DataError, UserError
 from rain_mlflow.model.factory import RainModel, rain_model_from_payload
 from rain_mlflow.train import checkpoint
 from rain_mlflow.train.metrics import confusion, split_metrics
@@ -89,6 +89,9 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
 
     model_uri = model_uri or DEFAULT_MODEL_URI
     presets.build(presets.DEFAULT_PRESET, overrides)  # a bad value fails here, before any store is opened
+    data = overrides.get("data")
+    if data and data != SYNTHETIC and not Path(data).is_file():
+        raise DataError(f"data file {data!r} {'is not a file' if Path(data).exists() else 'does not exist'}")
     model, trained_run = load_model(model_uri)
     trained_cfg = RunConfig.from_dict(model.config)
     asked = overrides.get("features")
