@@ -3,8 +3,8 @@ what to change. The run ends FAILED with the same sentence as `failure_reason`.
 
 Measured need: on CUDA, the peak PyTorch held in this epoch (`torch.cuda.max_memory_allocated`, the counter
 `vram_peak_gb` reports) plus the allocation that failed (from PyTorch's message). On CPU only the failed request is
-known. The estimate is the dry run's memory model (weights + AdamW moments + max(activations, gradients) + 5 %,
-see `estimate.py`), with the activations probed on the CPU so the estimate itself needs no GPU memory.
+known. The estimate is the dry run's memory model (`estimate.memory`), with the activations probed on the CPU so
+the estimate itself needs no GPU memory.
 """
 
 from __future__ import annotations
@@ -39,23 +39,17 @@ def requested_gib(message: str) -> float | None:
 
 
 def estimate_gib(cfg: Any, data: Any, dtype: torch.dtype | None) -> float | None:
-    """The dry run's memory estimate for this config, computed on the CPU; None if even that fails."""
+    """The dry run's memory estimate for this config, probed on the CPU; None if even that fails."""
     from rain_mlflow.model.factory import build_classifier
-    from rain_mlflow.train.estimate import MARGIN, saved_activation_bytes
+    from rain_mlflow.train.estimate import memory
     from rain_mlflow.train.precision import Precision
 
     try:
         model = build_classifier(cfg, data.n_vars)
         cpu = Precision(torch.device("cpu"), dtype)
-        series = torch.from_numpy(data.series)
-        ends = torch.from_numpy(data.splits["train"].ends[:2])
-        offsets = torch.arange(-data.window + 1, 1)
-        one, two = (saved_activation_bytes(model, series[ends[:k, None] + offsets], cpu) for k in (1, 2))
+        return memory(model, data, cfg.train.batch_size, cpu, cfg.train.accumulate_steps).peak_gb
     except Exception:  # noqa: BLE001 - the error message is what matters here
         return None
-    n = sum(p.numel() for p in model.parameters())
-    activations = max(2 * one - two, 0) + max(two - one, 0) * cfg.train.batch_size
-    return (4 * n + 8 * n + max(activations, 4 * n)) * MARGIN / 2**30
 
 
 def out_of_memory(exc: BaseException, cfg: Any, data: Any, device: torch.device, dtype: torch.dtype | None,
