@@ -156,7 +156,7 @@ def test_user_errors_write_nothing(store, cli, tmp_path):
     assert_user_error(cli("import-log", LOGS / "nan_loss.log", empty, "--experiment", "bad"),
                       "empty.log", "must hold OpenLTM epoch lines")
     assert_user_error(cli("import-log", LOGS / "nan_loss.log", "--vram-budget-gb", "lots", "--experiment", "bad"),
-                      "--vram-budget-gb must be a number > 0 (GB); got 'lots'")
+                      "vram_budget_gb must be a number; got 'lots'")
     assert_user_error(cli("import-log", LOGS / "nan_loss.log", LOGS / "small_improved.log", "--run-name", "x",
                           "--experiment", "bad"), "--run-name must name a single imported log; got 2")
     assert_user_error(cli("import-log", LOGS / "healthy_long.log", "--vram-peak-gb", "4", "--experiment", "bad"),

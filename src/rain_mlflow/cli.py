@@ -15,11 +15,15 @@ from typing import Any
 
 import click
 
-from rain_mlflow import __version__
+from rain_mlflow import __version__, interrupts
 from rain_mlflow.config import (CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME,
                                 field_type)
 from rain_mlflow.errors import UserError
+from rain_mlflow.options import Checked
 from rain_mlflow.weights import DEFAULT_RELEASE
+
+EXPERIMENT = Checked("experiment", "text")
+BOOL = "BOOL"
 
 DATA_FIELDS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq", "max_gap",
                "max_missing_fraction")
@@ -53,10 +57,6 @@ def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in FIELD_SECTION and v is not None}
 
 
-def flag_list(text: str | None) -> list[str]:
-    return [f.strip() for f in (text or "").split(",") if f.strip()]
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="rain-mlflow")
 def cli() -> None:
@@ -68,10 +68,14 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--output", default="data/synthetic.csv", show_default=True, help="CSV file to write")
-@click.option("--years", default="11", show_default=True, metavar="NUM", help="length of the record in years")
-@click.option("--freq", default="1h", show_default=True, help="time step (pandas frequency: 1h, 3h, 30min...)")
-@click.option("--seed", default="0", show_default=True, metavar="INT", help="random seed (same seed, same file)")
+@click.option("--output", default="data/synthetic.csv", show_default=True, type=Checked("output", "output_file"),
+              help="CSV file to write")
+@click.option("--years", default="11", show_default=True, metavar="NUM", type=Checked("years", "float", gt=0),
+              help="length of the record in years")
+@click.option("--freq", default="1h", show_default=True, type=Checked("freq", "freq"),
+              help="time step (pandas frequency: 1h, 3h, 30min...)")
+@click.option("--seed", default="0", show_default=True, metavar="INT", type=Checked("seed", "int", min=0),
+              help="random seed (same seed, same file)")
 def synth(output: str, years: str, freq: str, seed: str) -> None:
     """Write a deterministic synthetic station record shaped like the user's data."""
     from rain_mlflow.synth import SynthConfig, write_synthetic
@@ -85,9 +89,12 @@ def synth(output: str, years: str, freq: str, seed: str) -> None:
 
 @cli.command()
 @config_options(DATA_FIELDS)
-@click.option("--output", default="data/clean.csv", show_default=True, help="cleaned CSV to write")
-@click.option("--report", "report_path", default=None, help="JSON report to write [default: <output>.report.json]")
-@click.option("--experiment", default=None, help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--output", default="data/clean.csv", show_default=True, type=Checked("output", "output_file"),
+              help="cleaned CSV to write")
+@click.option("--report", "report_path", default=None, type=Checked("report", "output_file"),
+              help="JSON report to write [default: <output>.report.json]")
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 def clean(output: str, report_path: str | None, experiment: str | None, **options: Any) -> None:
     """Clean a station CSV: sort, de-duplicate, regular steps, gap report, short-gap interpolation."""
     from rain_mlflow import presets
@@ -98,35 +105,48 @@ def clean(output: str, report_path: str | None, experiment: str | None, **option
 
 
 @cli.command()
-@click.option("--preset", default=None, help="named configuration (see `rain-mlflow presets`) [default: small]")
+@click.option("--preset", default=None, type=Checked("preset", "preset"),
+              help="named configuration (see `rain-mlflow presets`) [default: small]")
 @config_options(FIELDS)
-@click.option("--resume", default=None, metavar="RUN_ID", help="continue this killed run from its last epoch")
+@click.option("--resume", default=None, metavar="RUN_ID", type=Checked("resume", "run_id"),
+              help="continue this killed run from its last epoch")
+@click.option("--reschedule", is_flag=False, flag_value="true", default="false", metavar=BOOL,
+              type=Checked("reschedule", "bool"),
+              help="with --resume and a new --train-epochs: spread the LR schedule over the new number of epochs "
+                   "(default: keep the original horizon)")
+@click.option("--force", is_flag=False, flag_value="true", default="false", metavar=BOOL,
+              type=Checked("force", "bool"),
+              help="with --resume: continue even if the run's trainer still looks alive (it is known to be gone)")
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=False, flag_value="true", default="false",
-              metavar="BOOL", help="resolve and estimate (sizes, VRAM, epoch time) without training")
+              metavar=BOOL, type=Checked("dry_run", "bool"),
+              help="resolve and estimate (sizes, VRAM, epoch time) without training")
 @click.option("--format", "--fmt", "fmt", default="text", metavar="text|json",
+              type=Checked("format", "choice", choices=("text", "json")),
               help="with --dry-run: json prints one JSON object (config, windows, estimates, weights) for scripts")
-@click.option("--experiment", default=None, help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--run-name", "--run_name", "run_name", default=None, help="MLflow run name [default: the preset]")
-def train(preset: str | None, resume: str | None, dry_run: str, fmt: str, experiment: str | None,
-          run_name: str | None, **options: Any) -> None:
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--run-name", "--run_name", "run_name", default=None, type=Checked("run_name", "text"),
+              help="MLflow run name [default: the preset]")
+def train(preset: str | None, resume: str | None, reschedule: bool, force: bool, dry_run: bool, fmt: str,
+          experiment: str | None, run_name: str | None, **options: Any) -> None:
     """Train a classifier and record everything in one MLflow run."""
     from rain_mlflow import presets
-    from rain_mlflow.config import parse_bool
     from rain_mlflow.train import run_training
 
-    dry = parse_bool("dry_run", dry_run)
-    if fmt not in ("text", "json") or (fmt == "json" and not dry):
-        allowed = "text or json" if dry else "text (json is for --dry-run)"
-        raise UserError(f"format must be {allowed}; got {fmt!r}")
+    if fmt == "json" and not dry_run:
+        raise UserError(f"format must be text (json is for --dry-run); got {fmt!r}")
     overrides = overrides_from(options)
     if resume:
         if preset:
             raise UserError("--resume continues a run with its own preset; drop --preset")
-        run_training(None, overrides=overrides, resume=resume, dry_run=dry, experiment=experiment,
-                     output_format=fmt)
+        run_training(None, overrides=overrides, resume=resume, dry_run=dry_run, experiment=experiment,
+                     output_format=fmt, reschedule=reschedule, force=force)
         return
+    if reschedule or force:
+        raise UserError(f"--{'reschedule' if reschedule else 'force'} only applies with --resume RUN_ID")
     cfg = presets.build(preset or presets.DEFAULT_PRESET, overrides)
-    run_training(cfg, overrides=overrides, dry_run=dry, experiment=experiment, run_name=run_name, output_format=fmt)
+    run_training(cfg, overrides=overrides, dry_run=dry_run, experiment=experiment, run_name=run_name,
+                 output_format=fmt)
 
 
 @cli.group()
@@ -193,9 +213,10 @@ def _remote_weights(name: str) -> Any:
 
 @cli.command()
 @click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
-              help="models:/NAME@ALIAS, a training run id, or a checkpoint path")
+              type=Checked("model_uri", "model_uri"), help="models:/NAME@ALIAS, a training run id, or a checkpoint path")
 @config_options(DATA_FIELDS)
-@click.option("--experiment", default=None, help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 def test(model_uri: str, experiment: str | None, **options: Any) -> None:
     """Evaluate a model on a data file or on the test split of its training data."""
     from rain_mlflow.evaluate import run_test
@@ -227,30 +248,41 @@ METRIC_MAP_HELP = ("read other metric names as ours: SOURCE=TARGET items and the
 
 
 @cli.command()
-@click.option("--experiment", default=None, help="experiment to read [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--run-ids", "--run_ids", "run_ids", default=None, metavar="ID,ID", help="only these runs")
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="experiment to read [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--run-ids", "--run_ids", "run_ids", default=None, metavar="ID,ID", type=Checked("run_ids", "run_ids"),
+              help="only these runs")
 @click.option("--format", "--fmt", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True)
 @click.option("--write-tags/--no-write-tags", default=True, show_default=True,
               help="write the diagnosis tags onto the runs (the MLflow UI shows them)")
-@click.option("--fail-on", "--fail_on", "fail_on", default="", metavar="FLAGS",
+@click.option("--fail-on", "--fail_on", "fail_on", default="", metavar="FLAGS", type=Checked("fail_on", "flags"),
               help=f"exit 1 when one of these flags fires ({', '.join(DIAGNOSIS_FLAGS)})")
-@click.option("--report", "report_dir", default=None, metavar="DIR", help="write report.md and curves.png here")
-@click.option("--metric-map", "--metric_map", "metric_map", default="", metavar="MAP", help=METRIC_MAP_HELP)
+@click.option("--report", "report_dir", default=None, metavar="DIR", type=Checked("report", "output_dir"),
+              help="write report.md and curves.png here")
+@click.option("--metric-map", "--metric_map", "metric_map", default="", metavar="MAP",
+              type=Checked("metric_map", "metric_map"), help=METRIC_MAP_HELP)
 @threshold_options
-def compare(experiment: str | None, run_ids: str | None, fmt: str, write_tags: bool, fail_on: str,
+def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_tags: bool, fail_on: list[str],
             report_dir: str | None, metric_map: str, **thresholds: Any) -> None:
     """Diagnose every run of an experiment that has a per-epoch history and compare them side by side."""
     from pathlib import Path
 
     from rain_mlflow.compare import run as compare_runs
-    from rain_mlflow.compare.reader import experiment_name
+    from rain_mlflow.compare.reader import experiment_name, tracking_uri
     from rain_mlflow.diagnostics.thresholds import Thresholds
 
-    # No `tracking` import here: it imports MLflow (3 s), which a comparison needs only to write changed tags.
-    options = dict(experiment=experiment_name(experiment), run_ids=flag_list(run_ids) or None, fmt=fmt,
-                   write_tags=write_tags, fail_on=flag_list(fail_on), thresholds=Thresholds(**thresholds),
-                   metric_map=metric_map)
+    checked = Thresholds(**thresholds)  # a bad threshold fails before the store is opened
+    from rain_mlflow import store
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        store.check_sqlite_file(uri)
+    else:  # a server or database: one clear error if it is down or refuses us
+        store.use_store()
+    # No `tracking` import for sqlite: it imports MLflow (3 s), which a comparison needs only to write changed tags.
+    options = dict(experiment=experiment_name(experiment), run_ids=run_ids, fmt=fmt, write_tags=write_tags,
+                   fail_on=fail_on, thresholds=checked, metric_map=metric_map)
     if not os.environ.get("MLFLOW_RUN_ID"):
         code = compare_runs(report_dir=Path(report_dir) if report_dir else None, **options)
     else:  # launched by `mlflow run . -e compare`: keep the comparison in the run MLflow created
@@ -268,40 +300,48 @@ def compare(experiment: str | None, run_ids: str | None, fmt: str, write_tags: b
 
 
 @cli.command()
-@click.option("--experiment", default=None, help="experiment to choose from [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--model-name", "--model_name", "model_name", default=MODEL_NAME, show_default=True)
-@click.option("--metric", default="val_f1", show_default=True,
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="experiment to choose from [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--model-name", "--model_name", "model_name", default=MODEL_NAME, show_default=True,
+              type=Checked("model_name", "text"))
+@click.option("--metric", default="val_f1", show_default=True, type=Checked("metric", "text"),
               help="validation metric (val_*) compared at each run's best epoch")
-@click.option("--alias", default=CHAMPION_ALIAS, show_default=True)
+@click.option("--alias", default=CHAMPION_ALIAS, show_default=True, type=Checked("alias", "alias"))
 @click.option("--allow-flagged", "--allow_flagged", "allow_flagged", is_flag=False, flag_value="true",
-              default="false", metavar="BOOL", help="also consider runs with diagnosis flags")
+              default="false", metavar=BOOL, type=Checked("allow_flagged", "bool"),
+              help="also consider runs with diagnosis flags")
 @click.option("--allow-test-metric", "--allow_test_metric", "allow_test_metric", is_flag=False, flag_value="true",
-              default="false", metavar="BOOL",
+              default="false", metavar=BOOL, type=Checked("allow_test_metric", "bool"),
               help="allow a test_* --metric (choosing on the test set makes its score optimistic)")
-@click.option("--run-id", "--run_id", "run_id", default=None, help="promote this run instead of choosing one")
+@click.option("--run-id", "--run_id", "run_id", default=None, type=Checked("run_id", "run_id"),
+              help="promote this run instead of choosing one")
 @threshold_options(stored_default=True)
-def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: str,
-            allow_test_metric: str, run_id: str | None, **thresholds: Any) -> None:
+def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
+            allow_test_metric: bool, run_id: str | None, **thresholds: Any) -> None:
     """Register the best healthy run's checkpoint in the Model Registry under an alias."""
-    from rain_mlflow.config import parse_bool
     from rain_mlflow.registry import run_promote
 
     run_promote(experiment=experiment, model_name=model_name, metric=metric, alias=alias,
-                allow_flagged=parse_bool("allow_flagged", allow_flagged), run_id=run_id,
-                allow_test_metric=parse_bool("allow_test_metric", allow_test_metric),
+                allow_flagged=allow_flagged, run_id=run_id,
+                allow_test_metric=allow_test_metric,
                 threshold_overrides={k: v for k, v in thresholds.items() if v is not None})
 
 
 @cli.command("import-log")
 @click.argument("logfiles", nargs=-1, metavar="LOGFILE...")
-@click.option("--log", "log", default=None, metavar="LOGFILE",
+@click.option("--log", "log", default=None, metavar="LOGFILE", type=Checked("log", "input_file"),
               help="one more log file (the spelling `mlflow run -e import-log -P log=...` uses)")
-@click.option("--experiment", default=None, help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--preset", default=None, help="preset the logged run used (a label: tag `preset`)")
-@click.option("--run-name", "--run_name", "run_name", default=None, help="run name [default: the log's file name]")
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--preset", default=None, type=Checked("preset", "text"),
+              help="preset the logged run used (a label: tag `preset`)")
+@click.option("--run-name", "--run_name", "run_name", default=None, type=Checked("run_name", "text"),
+              help="run name [default: the log's file name]")
 @click.option("--vram-budget-gb", "--vram_budget_gb", "vram_budget_gb", default=None, metavar="NUM",
+              type=Checked("vram_budget_gb", "float", gt=0, optional=True),
               help="the run's VRAM budget (param vram_budget_gb), e.g. 7 for transfer, 5 for small")
 @click.option("--vram-peak-gb", "--vram_peak_gb", "vram_peak_gb", default=None, metavar="NUM",
+              type=Checked("vram_peak_gb", "float", gt=0, optional=True),
               help="the peak VRAM you saw, for logs that print none (logged at every epoch)")
 def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | None, preset: str | None,
                run_name: str | None, vram_budget_gb: str | None, vram_peak_gb: str | None) -> None:
@@ -313,9 +353,12 @@ def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | Non
 
 
 @cli.command("main")
-@click.option("--preset", default="smoke", show_default=True, help="preset trained by the pipeline")
-@click.option("--experiment", default=None, help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--workdir", default="outputs", show_default=True, help="where the synthetic and cleaned CSVs go")
+@click.option("--preset", default="smoke", show_default=True, type=Checked("preset", "preset"),
+              help="preset trained by the pipeline")
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+@click.option("--workdir", default="outputs", show_default=True, type=Checked("workdir", "output_dir"),
+              help="where the synthetic and cleaned CSVs go")
 def main_command(preset: str, experiment: str | None, workdir: str) -> None:
     """The whole pipeline on the embedded defaults: synth, clean, train, test, compare, promote."""
     from rain_mlflow.pipeline import run_pipeline
@@ -344,23 +387,48 @@ def presets_command() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become exit code 2 and a single `error:` line."""
+    """Console entry point: what the package promises on failure (README, "When something fails").
+
+    User errors and an unreachable store: exit code 2 and a single `error:` line. Ctrl-C / SIGTERM: exit 130 / 143,
+    the run ended KILLED. Under `mlflow run`, a failure before our code attached to the launched run ends that run
+    FAILED (KILLED) with the reason, so it is never left RUNNING.
+    """
+    from rain_mlflow.store import bound_http_retries, store_error
+
     _setup_logging()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs readable
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print links to the training view
+    bound_http_retries()
     try:
-        code = cli.main(args=argv, prog_name="rain-mlflow", standalone_mode=False)
+        with interrupts.handling():
+            code = cli.main(args=argv, prog_name="rain-mlflow", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        _fail("aborted", 130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # click wraps KeyboardInterrupt in Abort
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) and exc.__cause__ else exc
+        reason = f"interrupted by {interrupts.signal_name(cause)}"
+        _end_launched_run("KILLED", reason)
+        _fail(reason, interrupts.exit_code(cause))
     except click.ClickException as exc:
+        _end_launched_run("FAILED", exc.format_message())
         _fail(exc.format_message(), 2)
     except UserError as exc:
+        _end_launched_run("FAILED", str(exc))
         _fail(str(exc), 2)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except Exception as exc:
+        error = store_error(exc)
+        if error is None:  # a bug: keep the traceback, but do not leave a launched run RUNNING
+            _end_launched_run("FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        _fail(str(error), 2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _end_launched_run(status: str, reason: str) -> None:
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from rain_mlflow.tracking import end_launched_run
+
+        end_launched_run(status, " ".join(reason.split()))
 
 
 def _setup_logging() -> None:

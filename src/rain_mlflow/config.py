@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ class TrainConfig:
     learning_rate: float = _f(1e-4, "peak AdamW learning rate", gt=0.0)
     weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0)
     train_epochs: int = _f(20, "maximum number of epochs", min=1)
+    schedule_epochs: int | None = _f(None, "epochs the LR schedule spans (default: train_epochs); a resumed run "
+                                           "keeps its original span unless --reschedule", min=1)
     patience: int = _f(10, "stop after this many epochs without improvement of early_stop_metric", min=1)
     early_stop_metric: str = _f("val_loss", "metric that picks the best epoch and drives early stopping",
                                 choices=STOP_METRICS)
@@ -128,7 +131,8 @@ class TrainConfig:
     loss: str = _f("focal", "focal (class-balanced), weighted_ce (class-balanced) or ce", choices=LOSSES)
     focal_gamma: float = _f(2.0, "focusing parameter of the focal loss", min=0.0)
     amp: str = _f("auto", "mixed precision: auto picks bf16 / fp16 / off from the hardware", choices=AMP_MODES)
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N (N = 0, 1, ...)", pattern=r"auto|cpu|cuda(:\d+)?",
+                     pattern_text="auto, cpu, cuda or cuda:N with N a GPU number")
     seed: int = _f(2021, "seed for weights, dropout and batch order", min=0)
     vram_budget_gb: float | None = _f(None, "GPU memory the run may use (GB); above it the run is flagged",
                                       gt=0.0)
@@ -138,8 +142,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+
+    @property
+    def schedule_span(self) -> int:
+        """Epochs the LR schedule runs over (the cosine's horizon)."""
+        return self.schedule_epochs or self.train_epochs
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -270,6 +277,10 @@ def _check_fields(section: Any) -> None:
                 raise ConfigError(f"{f.name} must be set; got None")
             continue
         base, _ = field_type(f.name)
+        if base is str and not value.strip():
+            raise ConfigError(f"{f.name} must not be empty; got {value!r}")
+        if "pattern" in rule and not re.fullmatch(rule["pattern"], value):
+            raise ConfigError(f"{f.name} must be {rule['pattern_text']}; got {value!r}")
         if base is bool and not isinstance(value, bool):
             raise ConfigError(f"{f.name} must be true or false; got {value!r}")
         if base in (int, float):

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 from sklearn.metrics import classification_report, roc_auc_score
 
+from rain_mlflow import presets
 from rain_mlflow.config import DEFAULT_MODEL_URI, SYNTHETIC, RunConfig
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import evaluation_windows
-from rain_mlflow.errors import UserError
+from rain_mlflow.errors import DataError, UserError
 from rain_mlflow.model.factory import RainModel, rain_model_from_payload
 from rain_mlflow.train import checkpoint
 from rain_mlflow.train.metrics import confusion, split_metrics
@@ -34,17 +35,12 @@ BATCH = 256
 
 def load_model(model_uri: str) -> tuple[RainModel, str | None]:
     """The serving model and the id of the training run it came from (None for a bare checkpoint file)."""
-    from rain_mlflow.tracking import Tracker, find_run, use_store
+    from rain_mlflow.tracking import Tracker, find_run
 
     if model_uri.startswith("models:/"):
-        import mlflow.pytorch
+        from rain_mlflow.model.serving import load_served_model
 
-        use_store()
-        try:
-            model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-        except Exception as exc:
-            raise UserError(f"cannot load model {model_uri!r}: {' '.join(str(exc).split())[:300]}") from None
-        return model.eval(), _source_run(model_uri)
+        return load_served_model(model_uri)
     if RUN_ID.match(model_uri) and not Path(model_uri).exists():
         find_run(model_uri)
         try:
@@ -57,21 +53,6 @@ def load_model(model_uri: str) -> tuple[RainModel, str | None]:
         return rain_model_from_payload(payload)[0], payload.get("run_id")
     raise UserError(f"model {model_uri!r} is neither models:/NAME@ALIAS, a run id (32 hex characters) nor an "
                     "existing checkpoint file")
-
-
-def _source_run(model_uri: str) -> str | None:
-    """The training run behind a models:/ URI (registry alias/version or a logged model id)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    body = model_uri[len("models:/"):]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return client.get_model_version_by_alias(name, alias).run_id
-    if "/" in body:
-        name, version = body.split("/", 1)
-        return client.get_model_version(name, version).run_id
-    return client.get_logged_model(body).source_run_id
 
 
 @torch.no_grad()
@@ -104,16 +85,25 @@ def score(labels: np.ndarray, probability: np.ndarray, rained_last_step: np.ndar
 
 def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str | None = None) -> dict[str, Any]:
     """Evaluate, log a test run linked to the training run, print the result."""
-    from rain_mlflow.tracking import Tracker, connect
+    from rain_mlflow.tracking import Tracker, connect, data_digest
 
     model_uri = model_uri or DEFAULT_MODEL_URI
+    presets.build(presets.DEFAULT_PRESET, overrides)  # a bad value fails here, before any store is opened
+    data = overrides.get("data")
+    if data and data != SYNTHETIC and not Path(data).is_file():
+        raise DataError(f"data file {data!r} {'is not a file' if Path(data).exists() else 'does not exist'}")
     model, trained_run = load_model(model_uri)
     trained_cfg = RunConfig.from_dict(model.config)
-    # Another file: score all its windows. The training data (or the embedded record): its test split.
-    new_data = overrides.get("data") not in (None, trained_cfg.data.data, SYNTHETIC)
+    asked = overrides.get("features")
+    if asked and [f.strip() for f in str(asked).split(",") if f.strip()] != list(model.features):
+        raise UserError(f"features must be the model's own input columns ({','.join(model.features)}) or left "
+                        f"out; got {asked!r}")
     cfg = trained_cfg.with_overrides(**{**overrides, "features": ",".join(model.features)})
-    _, cleaned = load_clean(cfg.data)
-    windows = evaluation_windows(cleaned, cfg, model.window, test_split_only=not new_data)
+    raw, cleaned = load_clean(cfg.data)
+    # The data the model was trained on (by content, whatever the path): only its test split is new to the
+    # model. Any other data: every window.
+    training_data = _is_training_data(raw, trained_run, trained_cfg, cfg)
+    windows = evaluation_windows(cleaned, cfg, model.window, test_split_only=training_data)
     probability = rain_probabilities(model, windows)
     metrics = score(windows.labels, probability, windows.rained_last_step)
     predicted = (probability >= 0.5).astype(np.int64)
@@ -124,6 +114,7 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
     with Tracker.start("test", run_name=f"test {model_uri[:40]}",
                        tags={"model_uri": model_uri, "trained_run_id": trained_run or ""}) as tracker:
         tracker.log_params({"model_uri": model_uri, "data": cfg.data.data, "scope": windows.scope,
+                            "data_digest": data_digest(raw),
                             "window": model.window, "features": ",".join(model.features),
                             "trained_run_id": trained_run or ""})
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
@@ -137,6 +128,30 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
     _print(model_uri, windows, metrics, matrix, report_text, run_id)
     _print_links(experiment_id, run_id, trained_run)
     return {"run_id": run_id, "trained_run_id": trained_run, **metrics}
+
+
+def _is_training_data(raw: pd.DataFrame, trained_run: str | None, trained_cfg: RunConfig, cfg: RunConfig) -> bool:
+    """Whether `raw` is the data of the training run, by the digest the run recorded.
+
+    A checkpoint file whose run is not in this store has no recorded digest: then the paths are compared after
+    resolving them (`./data/x.csv` and `data/x.csv` are the same file), and the answer is printed.
+    """
+    from rain_mlflow.tracking import find_run, same_data
+
+    recorded = None
+    if trained_run:
+        try:
+            recorded = find_run(trained_run).data.tags.get("data_digest")
+        except UserError:
+            recorded = None
+    if recorded:
+        return same_data(raw, recorded)
+    same = cfg.data.data == trained_cfg.data.data if SYNTHETIC in (cfg.data.data, trained_cfg.data.data) else \
+        Path(cfg.data.data).resolve() == Path(trained_cfg.data.data).resolve()
+    click.echo(f"note: no recorded data digest for the training run; {cfg.data.data!r} "
+               f"{'is' if same else 'is not'} the training file by path, so "
+               f"{'only its test split' if same else 'every window'} is scored")
+    return same
 
 
 def _log_predictions(tracker: Any, windows: Any, probability: np.ndarray, predicted: np.ndarray) -> None:

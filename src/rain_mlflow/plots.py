@@ -1,18 +1,20 @@
-"""Figures logged with a run: learning curves and confusion matrices (matplotlib, no display needed)."""
+"""Figures logged with a run: learning curves and confusion matrices.
+
+Built with matplotlib's object API (`matplotlib.figure.Figure`), never through `pyplot`: no backend is selected or
+switched (a notebook that calls the trainer keeps its own), no window opens, and a figure is freed like any object
+once it is saved. MLflow renders a bare `Figure` with the Agg canvas when it saves the PNG.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def learning_curves(history: dict[int, dict[str, float]], best_epoch: int, title: str) -> Figure:
     """Loss, accuracy and F1 per epoch for train / validation / test, with the best epoch marked."""
     epochs = sorted(history)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
     panels = (("loss", ("train_loss", "val_loss", "test_loss")),
               ("accuracy", ("val_accuracy", "test_accuracy")),
               ("F1 (rain)", ("val_f1", "test_f1")))
@@ -32,8 +34,8 @@ def learning_curves(history: dict[int, dict[str, float]], best_epoch: int, title
 
 def confusion_figure(matrices: dict[str, list[list[int]]], title: str) -> Figure:
     """One heat map per split: rows = true class, columns = predicted class, counts and row shares."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.2), constrained_layout=True)
-    axes = [axes] if len(matrices) == 1 else list(axes)
+    fig = Figure(figsize=(4.6 * len(matrices), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
     names = ["no rain", "rain"]
     for ax, (split, cm) in zip(axes, matrices.items()):
         ax.imshow(cm, cmap="Blues")
@@ -52,4 +54,5 @@ def confusion_figure(matrices: dict[str, list[list[int]]], title: str) -> Figure
 
 
 def close(fig: Figure) -> None:
-    plt.close(fig)
+    """Release the figure's drawing state now (it is not registered with pyplot, so nothing else holds it)."""
+    fig.clear()

@@ -209,5 +209,5 @@ def _print(pool: list[Candidate], chosen: Candidate, metric: str, allow_flagged:
                    f"{c.problem(allow_flagged) or ''}{mark}")
     action = "registered as new version" if created else "already registered as version"
     click.echo(f"{model_name}@{alias}: {action} {version} (run {chosen.run_id})")
-    click.echo(f"load it with mlflow.pytorch.load_model('models:/{model_name}@{alias}') or "
+    click.echo(f"load it with mlflow.pyfunc.load_model('models:/{model_name}@{alias}') or "
                f"`rain-mlflow test --model-uri models:/{model_name}@{alias}`")

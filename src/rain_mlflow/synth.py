@@ -13,6 +13,7 @@ record is damaged the way station data are: missing timestamps (gaps), NaN runs 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +35,8 @@ def _ar1(rng: np.random.Generator, n: int, tau_steps: float, scale: float) -> np
 
 def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0) -> pd.DataFrame:
     """The synthetic record as a DataFrame (`date` column first), damaged with gaps and NaN runs."""
-    if years <= 0:
-        raise ConfigError(f"years must be > 0; got {years}")
+    if not math.isfinite(years) or years <= 0:
+        raise ConfigError(f"years must be a finite number > 0; got {years}")
     try:
         step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
     except (ValueError, TypeError):

@@ -6,37 +6,42 @@
 - Under `mlflow run`, the run already exists (`MLFLOW_RUN_ID`): `Tracker.start` attaches to it instead of making a
   second one. The entry-point params `mlflow run` logged are write-once, so `log_params` skips keys that already
   hold an equivalent value and logs a differing resolved value as `resolved.<key>`, never failing the run.
-- A run that ends by an exception we catch is marked FAILED with the reason in the tag `failure_reason`
-  (KILLED on Ctrl-C), never left RUNNING.
+- A run that ends by an exception is marked FAILED with the reason in the tag `failure_reason`; Ctrl-C and
+  SIGTERM end it KILLED with `killed_by` (see `interrupts.py`). The status is written first and the tags after,
+  each on its own, so a store that fails mid-way still leaves the status if anything can be written.
+- Every write goes through `Tracker._write`: held from signals (never half an artifact) and retried while another
+  process holds sqlite's write lock. The store itself (URI, first contact, errors) is `store.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import ui
+from rain_mlflow import interrupts, ui
 from rain_mlflow.errors import UserError
+from rain_mlflow.store import retry_locked, reachable, shown, tracking_uri, use_store
+
+__all__ = ["Tracker", "connect", "data_digest", "end_launched_run", "experiment_name", "find_run", "same_data",
+           "tracking_uri", "use_store", "write_run_diagnosis"]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "rain-timerxl"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 STEP_TAG = "rain.step"  # which command made the run: clean, train, test, compare, promote, main
-
-
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def experiment_name(explicit: str | None = None) -> str:
@@ -54,18 +59,13 @@ def experiment_name(explicit: str | None = None) -> str:
     return DEFAULT_EXPERIMENT
 
 
-def use_store() -> None:
-    mlflow.set_tracking_uri(tracking_uri())
-    check_credentials(tracking_uri())
-
-
 def find_run(run_id: str) -> Any:
     """The run with this id, or a UserError naming it."""
     use_store()
     try:
         return MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise UserError(f"run {run_id!r} not found in {tracking_uri()}") from None
+        raise UserError(f"run {run_id!r} not found in {shown(tracking_uri())}") from None
 
 
 def connect(experiment: str | None = None, run_id: str | None = None) -> str:
@@ -90,14 +90,25 @@ def connect(experiment: str | None = None, run_id: str | None = None) -> str:
         found = client.get_experiment_by_name(name)
         if found is not None and found.lifecycle_stage == "deleted":
             raise UserError(f"experiment {name!r} is deleted; restore it or choose another --experiment")
-        exp_id = found.experiment_id if found else client.create_experiment(
-            name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+        exp_id = found.experiment_id if found else _create_experiment(client, name)
         mlflow.set_experiment(experiment_id=exp_id)
     experiment_obj = client.get_experiment(exp_id)
     if EXPERIMENT_KIND_TAG not in experiment_obj.tags:
         client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, "custom_model_development")
     ensure_training_view(client, exp_id, experiment_obj.tags)
     return exp_id
+
+
+def _create_experiment(client: MlflowClient, name: str) -> str:
+    """Create the experiment; another process creating it at the same moment is not an error."""
+    try:
+        return retry_locked(lambda: client.create_experiment(
+            name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"}), "create experiment")
+    except mlflow.exceptions.MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def _equivalent(logged: str, value: str) -> bool:
@@ -121,7 +132,8 @@ def param_text(value: Any) -> str:
 
 
 class Tracker:
-    """Writes one run. Use `Tracker.start(...)` as a context manager; everything else is a thin method."""
+    """Writes one run. Use `Tracker.start(...)` as a context manager; everything else is a thin method that
+    goes through `_write` (the one place a durable queue or another retry policy would go)."""
 
     def __init__(self, run: mlflow.ActiveRun):
         self.run_id = run.info.run_id
@@ -139,22 +151,72 @@ class Tracker:
             kwargs["run_id"] = resume_run_id
         else:
             kwargs.update(run_name=run_name, nested=nested)
-        run = mlflow.start_run(**kwargs)
-        tracker = cls(run)
-        tracker.set_tags({STEP_TAG: step, **(tags or {})})
+        with interrupts.handling():
+            with interrupts.shielded():
+                run = retry_locked(lambda: mlflow.start_run(**kwargs), "start run")
+            tracker = cls(run)
+            try:
+                tracker.set_tags({STEP_TAG: step, **(tags or {})})
+                yield tracker
+            except KeyboardInterrupt as exc:
+                name = interrupts.signal_name(exc)
+                tracker.end("KILLED", {"killed_by": name, "failure_reason": f"interrupted by {name}"})
+                raise
+            except BaseException as exc:
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                tracker.end("FAILED", {"failure_reason": reason[:5000]})
+                raise
+            else:
+                tracker.end("FINISHED", strict=True)
+
+    def end(self, status: str, tags: dict[str, str] | None = None, strict: bool = False) -> None:
+        """End the run with `status` first, then add `tags`; on a failure path each part is best-effort."""
+        with interrupts.shielded():
+            try:
+                retry_locked(lambda: self.client.set_terminated(self.run_id, status), "end run")
+            except Exception as exc:
+                if strict:
+                    raise
+                _forget_active_run(self.run_id)
+                log.warning("could not mark run %s %s in %s (%s); it shows RUNNING until it is resumed",
+                            self.run_id, status, shown(tracking_uri()), " ".join(str(exc).split())[:200])
+                return
+            if _is_active(self.run_id):  # MLflow's bookkeeping (active-run stack, system metrics); same status
+                retry_locked(lambda: mlflow.end_run(status), "end run")
+            if tags:
+                try:
+                    self.set_tags(tags)
+                except Exception as exc:
+                    log.warning("run %s ended %s but its tags %s could not be written: %s", self.run_id, status,
+                                ", ".join(tags), " ".join(str(exc).split())[:200])
+
+    def _write(self, what: str, write: Callable[[], T]) -> T:
+        """Every store write: held from signals, and retried while another process holds sqlite's lock."""
+        with interrupts.shielded():
+            return retry_locked(write, what)
+
+    @contextmanager
+    def keep_alive(self) -> Iterator[None]:
+        """Write the run's heartbeat now and every `heartbeat_s()` seconds until the block ends."""
+        from rain_mlflow import liveness
+
+        self.set_tags({liveness.HEARTBEAT_TAG: liveness.beat()})
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(liveness.heartbeat_s()):
+                try:
+                    self.set_tags({liveness.HEARTBEAT_TAG: liveness.beat()})
+                except Exception as exc:  # a missed beat only makes the run look gone sooner
+                    log.debug("heartbeat not written: %s", exc)
+
+        thread = threading.Thread(target=beat, daemon=True, name="rain-mlflow-heartbeat")
+        thread.start()
         try:
-            yield tracker
-        except KeyboardInterrupt:
-            tracker.set_tags({"failure_reason": "interrupted (Ctrl-C or SIGTERM)"})
-            mlflow.end_run("KILLED")
-            raise
-        except BaseException as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            tracker.set_tags({"failure_reason": reason[:5000]})
-            mlflow.end_run("FAILED")
-            raise
-        else:
-            mlflow.end_run("FINISHED")
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     # -- params, metrics, tags -------------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -167,16 +229,19 @@ class Tracker:
             elif not _equivalent(existing[key], text) and f"resolved.{key}" not in existing:
                 fresh.append(Param(f"resolved.{key}", text))
         for i in range(0, len(fresh), 100):
-            self.client.log_batch(self.run_id, params=fresh[i:i + 100])
+            chunk = fresh[i:i + 100]
+            self._write("log params", lambda: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = _now_ms()
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            chunk = batch[i:i + 1000]
+            self._write("log metrics", lambda: self.client.log_batch(self.run_id, metrics=chunk))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._write("set tags", lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def set_note(self, text: str) -> None:
         self.set_tags({"mlflow.note.content": text})
@@ -184,7 +249,8 @@ class Tracker:
     def set_diagnosis(self, findings: list, thresholds: Any = None) -> None:
         """`diagnosis` = ok or the sorted flags, one `diagnosis.<flag>` evidence tag each, the thresholds used;
         stale ones removed."""
-        write_run_diagnosis(self.client, self.run_id, findings, thresholds=thresholds)
+        self._write("write diagnosis", lambda: write_run_diagnosis(self.client, self.run_id, findings,
+                                                                  thresholds=thresholds))
 
     def current_diagnosis(self) -> str:
         return self.client.get_run(self.run_id).data.tags.get("diagnosis", "ok")
@@ -198,40 +264,36 @@ class Tracker:
 
     # -- artifacts -------------------------------------------------------------------------------------------
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        self._write("log artifact", lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, obj, artifact_file)
+        self._write("log dict", lambda: self.client.log_dict(self.run_id, obj, artifact_file))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._write("log text", lambda: self.client.log_text(self.run_id, text, artifact_file))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        self._write("log figure", lambda: self.client.log_figure(self.run_id, figure, artifact_file))
 
     def log_input(self, frame: Any, source: str, name: str, context: str) -> str:
-        """Log the input data as an MLflow dataset (its digest identifies the data); return the digest."""
+        """Log the input data as an MLflow dataset whose digest is `data_digest(frame)`; return the digest."""
+        digest = data_digest(frame)
         if os.path.exists(source):
-            dataset = mlflow.data.from_pandas(frame, source=str(Path(source).resolve()), name=name)
+            dataset = mlflow.data.from_pandas(frame, source=str(Path(source).resolve()), name=name, digest=digest)
         else:
             from mlflow.data.code_dataset_source import CodeDatasetSource
 
-            dataset = mlflow.data.from_pandas(frame, source=CodeDatasetSource({"generator": source}), name=name)
-        mlflow.log_input(dataset, context=context)
-        return dataset.digest
+            dataset = mlflow.data.from_pandas(frame, source=CodeDatasetSource({"generator": source}), name=name,
+                                              digest=digest)
+        self._write("log input", lambda: mlflow.log_input(dataset, context=context))
+        return digest
 
-    def log_model(self, model: Any, input_example: Any, step: int) -> str:
-        """Log the serving model as an MLflow PyTorch model (format `pickle`, our package code bundled with it
-        so `models:/...` loads without rain-mlflow installed); return its LoggedModel id."""
-        import mlflow.pytorch
-        import torch
+    def log_model(self, checkpoint_path: Path, window: int, n_vars: int, input_example: Any, step: int) -> str:
+        """Log the serving model (see `model/serving.py`) from `best.pt`; return its LoggedModel id."""
+        from rain_mlflow.model import serving
 
-        import rain_mlflow
-
-        info = mlflow.pytorch.log_model(
-            model, name="model", input_example=input_example, serialization_format="pickle", step=step,
-            code_paths=[str(Path(rain_mlflow.__file__).parent)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "scikit-learn"])
+        info = self._write("log model", lambda: serving.log_pyfunc(checkpoint_path, window, n_vars,
+                                                                    input_example, step))
         return info.model_id
 
     def download_artifact(self, artifact_path: str, dst_dir: str | None = None) -> Path:
@@ -251,6 +313,66 @@ def runs_with_tag(experiment_id: str, key: str, value: str) -> list[str]:
     found = MlflowClient().search_runs([experiment_id], f"tags.`{key}` = '{quoted}'", ViewType.ACTIVE_ONLY,
                                        max_results=10)
     return [run.info.run_id for run in found]
+
+
+def data_digest(frame: Any) -> str:
+    """A digest of every row of a data frame (column names included): the data's identity, whatever its path.
+
+    MLflow's own pandas digest hashes only the first 10,000 rows; two records sharing a beginning would match.
+    """
+    import pandas as pd
+
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    h = hashlib.sha256(rows.tobytes())
+    h.update("\x1f".join(map(str, frame.columns)).encode())
+    return h.hexdigest()[:16]
+
+
+def same_data(frame: Any, recorded: str) -> bool:
+    """Whether `frame` is the data a run recorded as its `data_digest` (whatever path it was read from)."""
+    if data_digest(frame) == recorded:
+        return True
+    if len(recorded) == 8:  # runs from before this digest recorded MLflow's (first 10,000 rows only)
+        return mlflow.data.from_pandas(frame).digest == recorded
+    return False
+
+
+def end_launched_run(status: str, reason: str) -> None:
+    """End the run `mlflow run` created for this process (MLFLOW_RUN_ID) when we fail before attaching to it."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id or not reachable():
+        return
+    try:
+        use_store()
+        client = MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            retry_locked(lambda: client.set_terminated(run_id, status), "end launched run")
+            retry_locked(lambda: client.set_tag(run_id, "failure_reason", reason[:5000]), "tag launched run")
+    except Exception as exc:  # the error line the user sees matters more than this bookkeeping
+        log.warning("could not mark the run %s %s: %s", run_id, status, " ".join(str(exc).split())[:200])
+
+
+def _is_active(run_id: str) -> bool:
+    active = mlflow.active_run()
+    return active is not None and active.info.run_id == run_id
+
+
+def _forget_active_run(run_id: str) -> None:
+    """Drop the run from MLflow's active-run stack without a write (the store did not answer): later commands in
+    this process must not attach to it. `mlflow.end_run` would first try the store again."""
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()  # private; checked by the store-dies test
+    if stack and stack[-1].info.run_id == run_id:
+        stack.pop()
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(run_id, None)
+    if monitor is not None:
+        try:
+            monitor.finish()
+        except Exception:  # noqa: BLE001 - best effort on a failure path
+            pass
+
 
 
 def write_run_diagnosis(client: MlflowClient, run_id: str, findings: Any,
@@ -281,32 +403,7 @@ def _now_ms() -> int:
 
 TRAINING_VIEW_TAG = "mlflow.sharedViewState." + ui.TRAINING_VIEW_KEY
 PIPELINE_TAG = "pipeline"  # on every run a `main` pipeline started: the pipeline run's id
-_credentials_checked: set[tuple[str, str | None, str | None]] = set()
 
-
-def check_credentials(uri: str) -> None:
-    """A server with basic-auth answers 401 to every request with missing or wrong credentials: ask once per
-    process and say so as one user error, not as a traceback from the first MLflow call deep inside a command.
-    Any other failure is left to that first call (same error, no second wait)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    key = (uri, user, os.environ.get("MLFLOW_TRACKING_PASSWORD"))
-    if key in _credentials_checked:
-        return
-    try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code != "UNAUTHENTICATED":
-            raise
-        server = ui.redact(uri)
-        if user:
-            raise UserError(f"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD must be valid credentials for "
-                            f"{server}; got user {user!r}, refused by the server (HTTP 401)") from None
-        got = "no user name" if os.environ.get("MLFLOW_TRACKING_PASSWORD") else "neither"
-        raise UserError(f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD must be set: {server} requires "
-                        f"a login (HTTP 401); got {got}") from None
-    _credentials_checked.add(key)
 
 
 def ensure_training_view(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:

@@ -1,9 +1,9 @@
 """Building the classifier from a config, and the self-contained model the registry serves.
 
-`RainModel` is what `mlflow.pytorch.log_model` stores (format: `pickle`, i.e. the whole module; loading it needs
-`rain-mlflow` installed). It takes raw windows in the data's own units, applies the training-split scaler that was
-fitted for it, and returns logits `[B, 2]` (index 1 = rain). The portable form of the same weights is
-`checkpoints/best.pt`, a plain dict loadable with `torch.load(..., weights_only=True)`.
+`RainModel` takes raw windows in the data's own units, applies the training-split scaler that was fitted for it,
+and returns logits `[B, 2]` (index 1 = rain). It is never pickled: checkpoints (`best.pt`) are plain dicts loadable
+with `torch.load(..., weights_only=True)`, and the registered model (`serving.py`) rebuilds a RainModel from
+`best.pt` with `rain_model_from_payload`.
 """
 
 from __future__ import annotations

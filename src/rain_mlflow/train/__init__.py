@@ -11,7 +11,6 @@ summary note.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -32,24 +31,25 @@ from rain_mlflow.model.transfer import shapes_of
 from rain_mlflow.train import checkpoint
 from rain_mlflow.train.dry_run import dry_run_report
 from rain_mlflow.train.loop import FitResult, NonFiniteLoss, TrainState, fit
+from rain_mlflow.train.oom import is_out_of_memory, out_of_memory
 from rain_mlflow.train.metrics import baselines
 from rain_mlflow.train.precision import Precision, select_device, select_precision
+from rain_mlflow.train.resume import RESUMABLE_OVERRIDES, resume_source
 
 log = logging.getLogger(__name__)
-# Settings a resumed run may change: they do not alter the model, the data or the optimisation path so far.
-RESUMABLE_OVERRIDES = ("train_epochs", "patience", "stop_on", "device", "amp", "data")
+__all__ = ["RESUMABLE_OVERRIDES", "run_training"]
 
 
 def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None, resume: str | None = None,
                  dry_run: bool = False, experiment: str | None = None, run_name: str | None = None,
-                 output_format: str = "text") -> dict:
+                 output_format: str = "text", reschedule: bool = False, force: bool = False) -> dict:
     """Train (or resume, or dry-run) and return a small summary dict (run id, best epoch, metrics)."""
     from rain_mlflow.tracking import connect
 
     resume_payload = None
     if resume:
         connect(experiment, run_id=resume)
-        cfg, resume_payload = _resume_source(resume, overrides or {})
+        cfg, resume_payload = resume_source(resume, overrides or {}, reschedule=reschedule, force=force)
     assert cfg is not None
     raw, cleaned = load_clean(cfg.data)
     data = prepare(cleaned, cfg)
@@ -84,16 +84,13 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
 
     with tempfile.TemporaryDirectory(prefix="rain-mlflow-") as tmp, Tracker.start(
             "train", run_name=run_name or cfg.preset, resume_run_id=resume, system_metrics=True,
-            tags={"preset": cfg.preset}) as tracker:
+            tags={"preset": cfg.preset}) as tracker, tracker.keep_alive():
         workdir = Path(tmp)
         epochs = EpochTracker(tracker, cfg, data)
         if resume_payload is None:
             _record_setup(tracker, cfg, data, raw, clean_report, model, precision, pretrained)
         else:
-            _check_same_data(tracker, raw, clean_report)
-            epochs.catch_up(TrainState.from_dict(resume_payload["train_state"]))
-            tracker.download_artifact("checkpoints/best.pt", str(workdir))
-            click.echo(f"resuming run {resume} after epoch {resume_payload['train_state']['epoch']}")
+            _continue_run(tracker, cfg, precision, raw, clean_report, resume_payload, epochs, workdir)
         click.echo(f"MLflow run {tracker.run_id} ({cfg.preset}, {precision.device.type}, {precision.name})")
         links = [("this run", ui.run_url("", tracker.experiment_id, tracker.run_id)),
                  ("training runs", ui.experiment_url("", tracker.experiment_id))]
@@ -104,7 +101,39 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
         except NonFiniteLoss as exc:
             epochs.record_non_finite(exc)
             raise
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last completed epoch resumable
+            try:
+                epochs.send_unsent(workdir)
+            except Exception as exc:  # the run still ends KILLED; the store holds the epoch before
+                log.warning("could not upload the latest checkpoint: %s", " ".join(str(exc).split())[:200])
+            click.echo(f"run {tracker.run_id} stopped after epoch {epochs.completed}; continue it with: "
+                       f"rain-mlflow train --resume {tracker.run_id}", err=True)
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(exc, cfg, data, precision.device, precision.dtype, epochs.completed + 1) \
+                    from None
+            raise
         return _finish(tracker, cfg, data, result, workdir)
+
+
+def _continue_run(tracker: Any, cfg: RunConfig, precision: Precision, raw: Any, clean_report: dict,
+                  payload: dict, epochs: EpochTracker, workdir: Path) -> None:
+    """A resumed run: same data, the epochs a kill interrupted logged once, what changed recorded."""
+    from rain_mlflow.train import resume
+
+    _check_same_data(tracker, raw, clean_report)
+    state = TrainState.from_dict(payload["train_state"])
+    epochs.catch_up(state)
+    tracker.download_artifact("checkpoints/best.pt", str(workdir))
+    before = checkpoint.config_of(payload)
+    note = resume.schedule_note(before, cfg, state.epoch)
+    runtime = {"runtime_device": str(precision.device), "runtime_precision": precision.name}
+    entry = resume.record(tracker, before, cfg, state.epoch, runtime, note)
+    click.echo(f"resuming run {tracker.run_id} after epoch {state.epoch}"
+               + (f"; changed: {', '.join(entry['changed'])}" if entry["changed"] else ""))
+    if note:
+        log.info(note)
 
 
 def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dict,
@@ -132,11 +161,11 @@ def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, cl
 
 
 def _check_same_data(tracker: Any, raw: Any, clean_report: dict) -> None:
-    import mlflow
+    from rain_mlflow.tracking import data_digest, same_data
 
     expected = tracker.client.get_run(tracker.run_id).data.tags.get("data_digest")
-    digest = mlflow.data.from_pandas(raw, name="station-data").digest
-    if expected and digest != expected:
+    digest = data_digest(raw)
+    if expected and not same_data(raw, expected):
         raise UserError(f"the data {clean_report['source']!r} differs from the data run {tracker.run_id} started "
                         f"with (digest {digest} vs {expected}); resume needs the same data")
 
@@ -147,10 +176,13 @@ class EpochTracker:
     def __init__(self, tracker: Any, cfg: RunConfig, data: PreparedData):
         self.tracker, self.cfg, self.data = tracker, cfg, data
         self.run_name = cfg.preset
+        self.completed = 0                               # the last epoch whose checkpoints are in the store
+        self.sent: dict[str, tuple[int, int]] = {}       # checkpoint name -> (mtime_ns, size) last uploaded
 
     def __call__(self, epoch: int, metrics: dict, state: TrainState, files: dict) -> str | None:
         for path in files.values():
-            self.tracker.log_artifact(path, "checkpoints")
+            self._send(Path(path))
+        self.completed = epoch
         self._log_epoch(epoch, metrics, state)
         findings = self.diagnose(state)
         self._print(epoch, metrics, state, findings)
@@ -162,8 +194,22 @@ class EpochTracker:
             return first.flag
         return None
 
+    def _send(self, path: Path) -> None:
+        self.tracker.log_artifact(path, "checkpoints")
+        stat = path.stat()
+        self.sent[path.name] = (stat.st_mtime_ns, stat.st_size)
+
+    def send_unsent(self, workdir: Path) -> None:
+        """On Ctrl-C / SIGTERM: upload checkpoints written locally but not yet sent (best.pt before last.pt),
+        so the store holds the last completed epoch; `catch_up` logs its metrics when the run resumes."""
+        for name in ("best.pt", "last.pt"):
+            path = workdir / name
+            if path.exists() and self.sent.get(name) != (path.stat().st_mtime_ns, path.stat().st_size):
+                self._send(path)
+
     def catch_up(self, state: TrainState) -> None:
         """Log the epochs a kill interrupted between checkpoint and metrics (each epoch exactly once)."""
+        self.completed = state.epoch
         logged = self.tracker.logged_steps("val_loss")
         for epoch in sorted(state.history):
             if epoch not in logged:
@@ -200,7 +246,7 @@ class EpochTracker:
         return findings
 
     def record_non_finite(self, exc: NonFiniteLoss) -> None:
-        self.tracker.log_metrics({"train_loss": math.nan}, step=exc.epoch)
+        self.tracker.log_metrics(exc.metrics, step=exc.epoch)
         self.tracker.set_tags({"diagnosis": "non_finite_loss", "diagnosis.non_finite_loss": str(exc),
                                "stopped_by": "non_finite_loss"})
 
@@ -258,13 +304,11 @@ def _finish(tracker: Any, cfg: RunConfig, data: PreparedData, result: FitResult,
 
 
 def _log_serving_model(tracker: Any, data: PreparedData, best_path: Path) -> str:
-    from rain_mlflow.model.factory import rain_model_from_payload
-
     payload = checkpoint.load(best_path)
-    model, _ = rain_model_from_payload(payload)
     ends = data.splits["val"].ends[:2]
     example = (data.gather(ends) * data.scaler_scale + data.scaler_mean).astype("float32")
-    return tracker.log_model(model, input_example=example, step=int(payload["epoch"]))
+    return tracker.log_model(best_path, int(payload["window"]), len(payload["features"]), input_example=example,
+                             step=int(payload["epoch"]))
 
 
 def _note(cfg: RunConfig, state: TrainState, s: dict, result: FitResult, diagnosis: str) -> str:
@@ -280,30 +324,3 @@ def _note(cfg: RunConfig, state: TrainState, s: dict, result: FitResult, diagnos
             f"{s['best_val_accuracy']:.1%} (majority {s['val_majority_accuracy']:.1%}), test accuracy "
             f"{s['best_test_accuracy']:.1%}, val MCC {state.history[state.best_epoch]['val_mcc']:+.3f}; "
             f"{ending}; {mean_time:.1f} s/epoch; diagnosis: {diagnosis}.")
-
-
-def _resume_source(run_id: str, overrides: dict[str, Any]) -> tuple[RunConfig, dict]:
-    """The config and last.pt of a run to continue; refuses changes that would alter what already ran."""
-    from rain_mlflow.tracking import Tracker, find_run
-
-    run = find_run(run_id)
-    if run.data.tags.get("rain.step") != "train":
-        raise UserError(f"run {run_id} is not a training run (rain.step={run.data.tags.get('rain.step')!r})")
-    if run.info.status == "FINISHED":
-        raise UserError(f"run {run_id} already FINISHED; nothing to resume (train a new run instead)")
-    blocked = sorted(set(overrides) - set(RESUMABLE_OVERRIDES))
-    if blocked:
-        raise UserError(f"cannot change {blocked[0]} when resuming run {run_id}; a resumed run may only change "
-                        f"{', '.join(RESUMABLE_OVERRIDES)}")
-    tmp = tempfile.mkdtemp(prefix="rain-mlflow-resume-")
-    try:
-        path = Tracker.download_run_artifact(run_id, "checkpoints/last.pt", tmp)
-    except Exception:
-        raise UserError(f"run {run_id} has no checkpoints/last.pt to resume from (it did not finish an epoch)") \
-            from None
-    payload = checkpoint.load(path, checkpoint.LAST_FORMAT)
-    cfg = checkpoint.config_of(payload).with_overrides(**overrides)
-    if payload["train_state"]["epoch"] >= cfg.train.train_epochs:
-        raise UserError(f"run {run_id} already completed {payload['train_state']['epoch']} of "
-                        f"{cfg.train.train_epochs} epochs; pass a larger --train-epochs to continue it")
-    return cfg, payload

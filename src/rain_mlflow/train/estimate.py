@@ -105,6 +105,37 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, precision: Precisi
     return SavedBytes(forward, sum(seen.values()))
 
 
+@dataclass(frozen=True)
+class Memory:
+    """The terms of the memory model, in bytes (see the module docstring)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    recompute: int
+    accumulating: bool
+
+    @property
+    def peak_gb(self) -> float:
+        live = self.activations + self.gradients if self.accumulating else max(self.activations, self.gradients)
+        return (self.weights + self.optimizer + live + self.recompute) * MARGIN / 2**30
+
+
+def memory(model: nn.Module, data: PreparedData, batch_size: int, precision: Precision,
+           accumulate_steps: int = 1) -> Memory:
+    """The memory model's terms for `model` on `data`'s training windows, activations probed on `precision`."""
+    device = precision.device
+    batches = Batches(data, device)
+    one, two = (saved_activation_bytes(model, batches.get("train", torch.arange(k, device=device))[0], precision)
+                for k in (1, 2))
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return Memory(weights=4 * n_params, gradients=4 * n_trainable, optimizer=8 * n_trainable,
+                  activations=_linear(one.forward, two.forward, batch_size),
+                  recompute=_linear(one.recompute, two.recompute, batch_size), accumulating=accumulate_steps > 1)
+
+
 def estimate(model: nn.Module, data: PreparedData, batch_size: int, precision: Precision,
              accumulate_steps: int = 1) -> Estimate:
     device = precision.device
@@ -115,13 +146,10 @@ def estimate(model: nn.Module, data: PreparedData, batch_size: int, precision: P
     def windows(n: int) -> torch.Tensor:
         return batches.get("train", torch.arange(n, device=device))[0]
 
-    one, two = (saved_activation_bytes(model, windows(k), precision) for k in (1, 2))
-    activations = _linear(one.forward, two.forward, batch_size)
-    recompute = _linear(one.recompute, two.recompute, batch_size)
-    weights, grads, moments = 4 * n_params, 4 * n_trainable, 8 * n_trainable
-    accumulating = accumulate_steps > 1
-    live = activations + grads if accumulating else max(activations, grads)
-    vram = (weights + moments + live + recompute) * MARGIN / 2**30
+    terms = memory(model, data, batch_size, precision, accumulate_steps)
+    activations, recompute, accumulating = terms.activations, terms.recompute, terms.accumulating
+    weights, grads, moments = terms.weights, terms.gradients, terms.optimizer
+    vram = terms.peak_gb
     basis = "estimated (activations probed on this device)"
 
     probe_batch = batch_size if device.type == "cuda" else min(batch_size, 4)

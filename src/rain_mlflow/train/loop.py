@@ -41,11 +41,12 @@ MODE = {"val_loss": "min", "val_f1": "max", "val_accuracy": "max", "val_mcc": "m
 
 
 class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite: training cannot continue meaningfully."""
+    """A training, validation or test loss became NaN or infinite: training cannot continue meaningfully."""
 
-    def __init__(self, message: str, epoch: int):
+    def __init__(self, message: str, epoch: int, metrics: dict[str, float] | None = None):
         super().__init__(message)
         self.epoch = epoch
+        self.metrics = metrics or {"train_loss": math.nan}  # what is known of the epoch, for the record
 
 
 @dataclass
@@ -138,6 +139,7 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
         metrics = {"train_loss": train_loss, **val, **test, "lr": lr,
                    "epoch_time_s": time.perf_counter() - started,
                    "samples_per_s": train_split.size / max(train_seconds, 1e-9)}
+        check_evaluation_losses(metrics, epoch, t.learning_rate)
         if device.type == "cuda":
             metrics["vram_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             metrics["vram_reserved_gb"] = torch.cuda.memory_reserved(device) / 2**30
@@ -187,7 +189,7 @@ def train_one_epoch(cfg: RunConfig, model: nn.Module, batches: Batches, criterio
     bar = tqdm(range(steps), desc=f"epoch {epoch}/{t.train_epochs}", leave=False, unit="step",
                disable=not sys.stderr.isatty(), file=sys.stderr)
     for step in bar:
-        lr = lr_at(t.learning_rate, t.lradj, epoch - 1, t.train_epochs, step, steps, t.warmup_epochs)
+        lr = lr_at(t.learning_rate, t.lradj, epoch - 1, t.schedule_span, step, steps, t.warmup_epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         first, last = step * per_step, min((step + 1) * per_step, n)
@@ -268,6 +270,17 @@ def compile_or_eager(model: nn.Module, batches: Batches, precision: Precision) -
     finally:
         model.zero_grad(set_to_none=True)
     return compiled
+
+
+def check_evaluation_losses(metrics: dict[str, float], epoch: int, learning_rate: float) -> None:
+    """A NaN / infinite validation or test loss ends the run like a non-finite training loss does."""
+    for key, split in (("val_loss", "validation"), ("test_loss", "test")):
+        if not math.isfinite(metrics[key]):
+            raise NonFiniteLoss(
+                f"training stopped: the {split} loss became {metrics[key]} at epoch {epoch} (training loss "
+                f"{metrics['train_loss']:.4g}): the model's outputs on the {split} windows are not finite; check the "
+                f"{split} period of the data for extreme values, lower learning_rate ({learning_rate:g}) or use "
+                "amp=off", epoch, metrics)
 
 
 @torch.no_grad()
