@@ -91,6 +91,7 @@ def test_test_on_the_champion(runs, cli):
     result = cli("test", "--model-uri", f"models:/{MODEL_NAME}@champion", "--experiment", EXPERIMENT)
     assert result.code == 0, result.err
     assert "majority" in result.out and "persistence" in result.out and "ROC-AUC" in result.out
+    assert "gbm" in result.out and "skill over the best baseline" in result.out
     (test_run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                      "tags.`rain.step` = 'test'")
     assert test_run.data.tags["trained_run_id"] == champion
@@ -101,12 +102,18 @@ def test_test_on_the_champion(runs, cli):
     assert metrics["accuracy"] == pytest.approx(trained, abs=0.01)
     assert metrics["accuracy"] > metrics["majority_accuracy"] and metrics["mcc"] > metrics["persistence_mcc"]
     assert metrics["n_windows"] == int(client.get_run(champion).data.params["windows_test"])
+    # the same windows, the same baselines: the gbm refitted on the training split scores what training logged
+    trained_metrics = client.get_run(champion).data.metrics
+    for name in ("always_rain_f1", "persistence_f1", "persistence_mcc", "gbm_f1", "gbm_mcc"):
+        assert metrics[name] == pytest.approx(trained_metrics[f"test_{name}"]), name
+    assert metrics["skill_f1"] == pytest.approx(metrics["f1"] - max(
+        metrics[f"{b}_f1"] for b in ("always_rain", "persistence", "gbm")))
     files = {a.path for a in client.list_artifacts(test_run.info.run_id)}
     assert {"confusion_matrix.json", "classification_report.txt", "predictions.csv",
             "confusion_matrix.png"} <= files
 
 
-def test_test_on_a_new_data_file_and_a_checkpoint(runs, cli, tmp_path):
+def test_test_on_a_new_data_file_and_a_checkpoint(runs, cli, tmp_path, synthetic_csv):
     ids, _ = runs
     from rain_mlflow.synth import SynthConfig, write_synthetic
 
@@ -115,6 +122,7 @@ def test_test_on_a_new_data_file_and_a_checkpoint(runs, cli, tmp_path):
     result = cli("test", "--model-uri", ids["good_a"], "--data", other, "--experiment", EXPERIMENT)
     assert result.code == 0, result.err
     assert "on all windows" in result.out
+    assert f"gbm fitted on the training split of {synthetic_csv}" in result.out
     path = MlflowClient().download_artifacts(ids["good_a"], "checkpoints/best.pt", str(tmp_path))
     result = cli("test", "--model-uri", path, "--data", other, "--experiment", EXPERIMENT)
     assert result.code == 0, result.err
