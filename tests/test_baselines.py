@@ -114,3 +114,19 @@ def test_skill_is_ours_minus_the_best_baseline_and_the_verdict_says_who_won():
     text = verdict("test", {"f1": 0.58, "mcc": 0.45}, bars, "the 290 test windows")
     assert "F1 0.580 does NOT beat the best baseline, gbm (0.620)" in text
     assert "MCC 0.450 beats the best baseline, persistence (0.410)" in text
+
+
+def test_test_leaves_the_gbm_out_when_the_training_data_is_gone(small):
+    from types import SimpleNamespace
+
+    from rain_mlflow.evaluate import gbm_predictions, score
+
+    data, cleaned, cfg, _ = small
+    gone = cfg.with_overrides(data="/nowhere/training.csv")
+    guess, note = gbm_predictions(SimpleNamespace(features=list(data.columns)), gone, cleaned, None, new_data=True)
+    assert guess is None and "gbm baseline left out" in note and "/nowhere/training.csv" in note
+    labels = data.splits["test"].labels
+    metrics = score(labels, np.full(len(labels), 0.9), {"persistence": data.persistence[data.splits["test"].ends]})
+    assert "gbm_f1" not in metrics
+    assert metrics["skill_f1"] == pytest.approx(metrics["f1"] - max(metrics["always_rain_f1"],
+                                                                     metrics["persistence_f1"]))

@@ -213,3 +213,25 @@ def test_unknown_option_value_is_one_error_line(store, tmp_path, cli, synthetic_
     assert_user_error(cli("clean", "--data", synthetic_csv, "--max-missing-fraction", "2"),
                       "max_missing_fraction", "<= 1.0")
     assert_user_error(cli("clean", "--bogus"), "--bogus")
+
+
+def test_clean_reports_the_window_accounting_with_a_suggestion(store, tmp_path, cli):
+    from rain_mlflow.synth import SynthConfig, write_synthetic
+
+    raw = tmp_path / "airport.csv"
+    write_synthetic(str(raw), SynthConfig(years=1.0, seed=2, gaps="realistic"))
+    out = tmp_path / "clean.csv"
+    result = cli("clean", "--data", raw, "--output", out, "--seq-len", "168", "--missing", "exclude")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "clean.report.json").read_text())
+    windows = report["windows"]
+    assert windows["seq_len"] == 168 and windows["missing"] == "exclude" and windows["max_fill"] == 6
+    for split in ("train", "val", "test"):
+        counts = windows["splits"][split]
+        assert counts["kept"] + counts["label_unknown"] + counts["input_missing"] == counts["candidates"] > 0
+    costly = [c for c, info in windows["features"].items() if info["share"] > 0.2]
+    assert costly and all(any(s.startswith(f"{c}:") for s in windows["suggestions"]) for c in costly)
+    assert "suggestion:" in result.out and "--missing mask" in result.out
+    assert "wind_gust" in report["dropped_features"]
+    cleaned = pd.read_csv(out)
+    assert cleaned["pressure"].isna().sum() == report["columns"]["pressure"]["missing"]  # nothing filled in the CSV
