@@ -5,8 +5,9 @@
 run's missing-value treatment itself (causal fill, training-mean fill, indicator variables: `data/missing.py`)
 and the training-split scaler that was fitted for it, and returns logits `[B, 2]` (index 1 = rain). Inside one
 window the fill can only reach back to the window's first step, so a value missing in the window's first
-`max_fill` steps is masked where training (which filled the whole series) had carried an older reading into it. The portable form of the same weights is
-`checkpoints/best.pt`, a plain dict loadable with `torch.load(..., weights_only=True)`.
+`max_fill` steps is masked where training (which filled the whole series) had carried an older reading into it.
+The portable form of the same weights is `checkpoints/best.pt`, a plain dict loadable with
+`torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations

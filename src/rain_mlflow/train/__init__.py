@@ -19,8 +19,7 @@ import click
 import torch
 
 from rain_mlflow.config import RunConfig
-from rain_mlflow.data import load_clean
-from rain_mlflow.data import accounting
+from rain_mlflow.data import accounting, load_clean
 from rain_mlflow.data.dataset import PreparedData, prepare, resolve
 from rain_mlflow.data.windows import gather
 from rain_mlflow.diagnostics.rules import format_duration
