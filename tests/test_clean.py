@@ -31,8 +31,8 @@ def station_frame(seed: int = 0) -> pd.DataFrame:
         "solar_Wm2": np.where(rng.random(N_HOURS) < 0.15, rng.uniform(0, 900, N_HOURS), np.nan),
         "station": "PUNO-114",
     }).astype({"temp_F": object})
-    frame.loc[100:101, "temp_F"] = np.nan            # 2-step run: interpolated
-    frame.loc[200:211, "temp_F"] = np.nan            # 12-step run: left missing
+    frame.loc[100:101, "temp_F"] = np.nan            # 2-step run: filled when windows are made
+    frame.loc[200:211, "temp_F"] = np.nan            # 12-step run: 6 steps filled, 6 stay missing
     frame.loc[150, "temp_F"] = "---"                 # station placeholder for a missing reading
     frame.loc[300:305, "precip_in"] = np.nan         # gauge failure: never invented
     gap = set(range(400, 448)) | {50, 51, 333}        # irregular gaps: 2 days + scattered hours
@@ -75,27 +75,45 @@ def test_every_gap_is_reported(cleaned):
                                                                   ("2019-02-03 02:00:00", 2)}
 
 
-def test_short_feature_gaps_are_interpolated_long_ones_kept_missing(cleaned):
+def test_the_cleaned_record_keeps_observed_values_and_counts_what_the_causal_fill_will_fill(cleaned):
     temp = cleaned.frame["temp_F"].to_numpy()
-    assert not np.isnan(temp[99:103]).any()                     # 2-step run filled
-    assert np.allclose(temp[100:102], np.linspace(temp[99], temp[102], 4)[1:3])
-    assert np.isnan(temp[200:212]).all()                        # 12-step run (> max_gap 3) stays missing
-    assert not np.isnan(temp[150])                              # the '---' cell counted as missing, then filled
-    assert cleaned.report["columns"]["temp_F"]["interpolated"] >= 3
+    assert np.isnan(temp[100:102]).all() and np.isnan(temp[200:212]).all() and np.isnan(temp[150])  # not filled
+    info = cleaned.report["columns"]["temp_F"]
+    assert cleaned.max_fill == cleaned.report["max_fill"] == 6 and cleaned.report["max_fill_default"]
+    # missing: 2 + 12 + 1 ('---') + the 51 steps of the timestamp gaps (2 days, 2 hours, 1 hour)
+    assert info["missing"] == 2 + 12 + 1 + 48 + 3
+    # filled causally, at most 6 steps after the last reading: 2 + 6 + 1 + 6 (of the 48) + 2 + 1
+    assert info["filled"] == 2 + 6 + 1 + 6 + 2 + 1
+    assert info["missing_after_fill"] == 6 + 42 and info["longest_after_fill"] == 42
+    assert info["interpolated"] == 0                            # kept for older readers of the report
 
 
 def test_precipitation_is_never_invented(cleaned):
     precip = cleaned.frame["precip_in"].to_numpy()
     assert np.isnan(precip[300:306]).all()
     assert np.isnan(precip[400:448]).all()                      # the rows of the 2-day gap stay missing
-    assert cleaned.report["columns"]["precip_in"]["interpolated"] == 0
-    assert cleaned.report["columns"]["precip_in"]["missing_after"] == 6 + 48 + 3
+    info = cleaned.report["columns"]["precip_in"]
+    assert info["filled"] == 0 and info["missing"] == info["missing_after_fill"] == 6 + 48 + 3
 
 
 def test_mostly_missing_feature_is_dropped_and_reported(cleaned):
     assert "solar_Wm2" not in cleaned.features
     assert "solar_Wm2" in cleaned.report["dropped_features"]
     assert "max_missing_fraction" in cleaned.report["dropped_features"]["solar_Wm2"]
+
+
+def test_only_the_training_period_decides_which_features_are_dropped():
+    # a sensor that works in the training period (first 60 % of the steps) and dies afterwards is kept; one that
+    # is dead in the training period is dropped, however complete it is later
+    n = 100
+    frame = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=n, freq="h"), "precipitation": 0.0,
+                          "late_death": np.where(np.arange(n) < 58, 1.0, np.nan),
+                          "late_start": np.where(np.arange(n) < 40, np.nan, 1.0)})
+    result = clean(frame, DataConfig(), "x")
+    assert frame["late_death"].isna().mean() == 0.42 and frame["late_start"].isna().mean() == 0.40
+    assert "late_death" in result.features                     # 0 % missing in the training period
+    assert "late_start" not in result.features                 # 40 of 60 training steps missing: 67 %
+    assert "66.7% of the training period" in result.report["dropped_features"]["late_start"]
 
 
 def test_text_column_is_ignored_and_reported(cleaned):
@@ -128,6 +146,8 @@ def test_cli_cleans_a_station_export_with_only_its_column_names(store, tmp_path,
     report = json.loads((tmp_path / "out" / "clean.report.json").read_text())
     assert report["duplicates_dropped"] == 3 and report["gaps"]["count"] >= 2
     assert "gaps:" in result.out and "MLflow run:" in result.out
+    windows = report["windows"]   # accounting for windows of --seq-len steps (default preset: 720 > 20 days)
+    assert windows["seq_len"] == 720 and windows["splits"]["train"]["candidates"] == 0
     (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("rain-timerxl").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["rain.step"] == "clean"
     assert run.data.params["date_col"] == "Fecha" and run.data.metrics["duplicates_dropped"] == 3
@@ -187,7 +207,31 @@ def test_negative_sentinel_becomes_missing_with_na_values(store, tmp_path, cli):
 
 
 def test_unknown_option_value_is_one_error_line(store, tmp_path, cli, synthetic_csv):
-    assert_user_error(cli("clean", "--data", synthetic_csv, "--max-gap", "many"), "max_gap", "integer", "'many'")
+    assert_user_error(cli("clean", "--data", synthetic_csv, "--max-fill", "many"), "max_fill", "integer", "'many'")
+    assert_user_error(cli("clean", "--data", synthetic_csv, "--missing", "drop"), "missing", "mask, exclude",
+                      "'drop'")
     assert_user_error(cli("clean", "--data", synthetic_csv, "--max-missing-fraction", "2"),
                       "max_missing_fraction", "<= 1.0")
     assert_user_error(cli("clean", "--bogus"), "--bogus")
+
+
+def test_clean_reports_the_window_accounting_with_a_suggestion(store, tmp_path, cli):
+    from rain_mlflow.synth import SynthConfig, write_synthetic
+
+    raw = tmp_path / "airport.csv"
+    write_synthetic(str(raw), SynthConfig(years=1.0, seed=2, gaps="realistic"))
+    out = tmp_path / "clean.csv"
+    result = cli("clean", "--data", raw, "--output", out, "--seq-len", "168", "--missing", "exclude")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "clean.report.json").read_text())
+    windows = report["windows"]
+    assert windows["seq_len"] == 168 and windows["missing"] == "exclude" and windows["max_fill"] == 6
+    for split in ("train", "val", "test"):
+        counts = windows["splits"][split]
+        assert counts["kept"] + counts["label_unknown"] + counts["input_missing"] == counts["candidates"] > 0
+    costly = [c for c, info in windows["features"].items() if info["share"] > 0.2]
+    assert costly and all(any(s.startswith(f"{c}:") for s in windows["suggestions"]) for c in costly)
+    assert "suggestion:" in result.out and "--missing mask" in result.out
+    assert "wind_gust" in report["dropped_features"]
+    cleaned = pd.read_csv(out)
+    assert cleaned["pressure"].isna().sum() == report["columns"]["pressure"]["missing"]  # nothing filled in the CSV

@@ -1,4 +1,5 @@
-"""Windows: labels, chronological split with purge, train-only scaler, index vs naive slicing, memory."""
+"""Windows: labels, chronological split with purge, train-only scaler, index vs naive slicing, window counts and
+accounting against naive counts, the realistic record at 60-day windows, memory."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 
 from rain_mlflow import presets
 from rain_mlflow.data.clean import clean
-from rain_mlflow.data.dataset import complete_windows, prepare, rain_labels
-from rain_mlflow.errors import ConfigError
+from rain_mlflow.data.dataset import prepare, resolve
+from rain_mlflow.data.windows import gather, rain_labels
+from rain_mlflow.errors import ConfigError, DataError
 from rain_mlflow.synth import synthetic_frame
 
 
@@ -22,7 +24,9 @@ def two_years():
 
 def prepared(frame: pd.DataFrame, preset: str = "smoke", **overrides):
     cfg = presets.build(preset, {k: str(v) for k, v in overrides.items()})
-    return prepare(clean(frame, cfg.data, "synthetic"), cfg), cfg
+    cleaned = clean(frame, cfg.data, "synthetic")
+    cfg = resolve(cfg, cleaned)
+    return prepare(cleaned, cfg), cfg
 
 
 def test_label_is_rain_over_the_next_horizon_steps():
@@ -51,12 +55,14 @@ def test_scaler_is_fitted_on_the_training_steps_only(two_years):
     np.testing.assert_allclose(data.scaler_mean, np.nanmean(raw[:train_end], axis=0), rtol=1e-9)
     np.testing.assert_allclose(data.scaler_scale, np.nanstd(raw[:train_end], axis=0), rtol=1e-9)
     assert not np.allclose(data.scaler_mean, np.nanmean(raw, axis=0))  # the whole record would differ
-    np.testing.assert_allclose(data.series[:train_end].astype(float),
-                               (raw[:train_end] - data.scaler_mean) / data.scaler_scale, rtol=1e-5, atol=1e-5)
+    observed = ~np.isnan(raw[:train_end])
+    np.testing.assert_allclose(data.series[:train_end, :raw.shape[1]][observed],
+                               ((raw[:train_end] - data.scaler_mean) / data.scaler_scale)[observed], rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_window_index_matches_naive_slicing(two_years):
-    data, cfg = prepared(two_years)
+    data, cfg = prepared(two_years, missing="exclude", max_fill=0)
     cleaned = clean(two_years, cfg.data, "synthetic")
     raw = cleaned.frame[list(cleaned.features)].to_numpy(dtype=float)
     labels = rain_labels(cleaned.frame["precipitation"].to_numpy(dtype=float), cfg.data.horizon,
@@ -68,15 +74,17 @@ def test_window_index_matches_naive_slicing(two_years):
             naive = (raw[end - data.window + 1: end + 1] - data.scaler_mean) / data.scaler_scale
             np.testing.assert_allclose(window, naive, rtol=1e-5, atol=1e-5)
             assert label == labels[end]
-            assert not np.isnan(naive).any()          # never a window touching a missing value
+            assert not np.isnan(naive).any()          # exclude, no fill: never a window touching a missing value
 
 
-def test_windows_touching_missing_values_are_excluded_and_counted(two_years):
-    data, cfg = prepared(two_years)
-    assert sum(s.dropped for s in data.splits.values()) > 0
-    ok = complete_windows(data.series, data.window)
-    for split in data.splits.values():
-        assert ok[split.ends].all()
+def test_the_gather_helper_is_the_same_in_numpy_and_torch():
+    import torch
+
+    series = np.arange(40, dtype=np.float32).reshape(20, 2)
+    ends = np.array([3, 7, 19])
+    expected = np.stack([series[e - 3: e + 1] for e in ends])
+    np.testing.assert_array_equal(gather(series, ends, 4), expected)
+    np.testing.assert_array_equal(gather(torch.from_numpy(series), torch.from_numpy(ends), 4).numpy(), expected)
 
 
 def test_class_counts_and_majority_share(two_years):
@@ -115,3 +123,110 @@ def test_eleven_years_at_2880_costs_megabytes_not_gigabytes():
     materialised = n_windows * data.window * data.n_vars * 4
     assert materialised > 3 * 2**30                      # what [n_windows, 2880, C] would have cost: > 3 GiB
     assert peak < 100 * 2**20, peak                      # what preparing the index cost
+
+
+# ---- every window evaluated, counted like a naive loop would ----------------------------------------------------
+
+def naive_ends(cleaned, cfg, window: int, first: int, last: int, stride: int, exclude: bool,
+               need_label: bool = True) -> list[int]:
+    """Every usable end step of [first, last), one at a time: input inside the record, label known, (exclude) no
+    input still missing after a naive last-observation-carried-forward."""
+    from tests.test_missing import naive_carry_forward
+
+    columns = list(cleaned.features)
+    raw = cleaned.frame[columns].to_numpy(dtype=float)
+    filled = naive_carry_forward(raw, cleaned.max_fill, [c != "precipitation" for c in columns])
+    precip = cleaned.frame["precipitation"].to_numpy(dtype=float)
+    h = cfg.data.horizon
+    ends = []
+    for t in range(first, last):
+        if t < window - 1 or t + h >= last or (t - (window - 1)) % stride:
+            continue
+        if need_label and np.isnan(precip[t + 1: t + h + 1]).any():
+            continue
+        if exclude and np.isnan(filled[t - window + 1: t + 1]).any():
+            continue
+        ends.append(t)
+    return ends
+
+
+@pytest.mark.parametrize("missing", ["mask", "exclude"])
+def test_val_and_test_use_every_window_training_the_stride_and_counts_equal_a_naive_count(missing):
+    frame = synthetic_frame(years=1.0, seed=8, gaps="realistic")
+    cfg = presets.build("smoke", {"missing": missing, "window_stride": "6"})
+    cleaned = clean(frame, cfg.data, "synthetic")
+    data = prepare(cleaned, resolve(cfg, cleaned))
+    for name, split in data.splits.items():
+        stride = 6 if name == "train" else 1
+        expected = naive_ends(cleaned, cfg, data.window, split.first_step, split.last_step, stride,
+                              missing == "exclude")
+        assert split.ends.tolist() == expected, name
+        counts = data.accounting["splits"][name]
+        assert counts["kept"] == split.size == len(expected)
+        candidates = naive_ends(cleaned, cfg, data.window, split.first_step, split.last_step, stride, False,
+                                need_label=False)
+        assert counts["candidates"] == split.candidates == len(candidates)
+        assert counts["label_unknown"] + counts["input_missing"] == len(candidates) - len(expected)
+    assert data.splits["val"].size > 5 * data.splits["train"].size * (0.2 / 0.6)  # val is not thinned
+
+
+def constructed(precip_gap: tuple[int, int] | None = None, a_gap: tuple[int, int] | None = None) -> pd.DataFrame:
+    """200 hourly steps: precipitation (rain every 10th step), feature a (maybe a gap), feature b (complete)."""
+    n = 200
+    frame = pd.DataFrame({"date": pd.date_range("2021-03-01", periods=n, freq="h"),
+                          "precipitation": np.where(np.arange(n) % 10 == 0, 1.0, 0.0),
+                          "a": np.sin(np.arange(n) / 5), "b": np.cos(np.arange(n) / 7)})
+    if precip_gap:
+        frame.loc[precip_gap[0]:precip_gap[1] - 1, "precipitation"] = np.nan
+    if a_gap:
+        frame.loc[a_gap[0]:a_gap[1] - 1, "a"] = np.nan
+    return frame
+
+
+TINY = {"seq_len": "24", "horizon": "4", "max_fill": "3", "window_stride": "1"}
+
+
+def test_windows_whose_label_touches_missing_precipitation_are_excluded():
+    # precipitation missing at steps 60-61: the labels of t = 56..60 sum over (t, t + 4], which reaches into it
+    data, _ = prepared(constructed(precip_gap=(60, 62)), **TINY, missing="mask")
+    train = data.splits["train"]
+    assert not set(range(56, 61)) & set(train.ends.tolist())
+    assert {55, 61} <= set(train.ends.tolist())
+    assert data.accounting["splits"]["train"]["label_unknown"] == 5
+    # as an input the missing precipitation is masked, not carried forward (rain is never invented):
+    # in the window ending at 70, steps 60 and 61 are positions -11 and -10
+    window = data.gather(np.array([70]))[0]
+    assert (window[-11:-9, 0] == 0).all() and (window[-11:-9, -1] == 1 / 3).all()
+    assert (window[-12, -1] == 0) and (window[-9, -1] == 0)
+
+
+def test_per_feature_window_cost_and_suggestion_on_a_constructed_record():
+    # a is missing at steps 50-69; carried forward 3 steps, 53-69 stay missing: windows of 24 steps ending at
+    # 53 .. 92 touch them, 40 windows. Candidates with a known label: train 23..115 (93), val 120..155 (36),
+    # test 160..195 (36): 165. 40 / 165 = 24 % > 20 %: a suggestion under exclude, none under mask.
+    frame = constructed(a_gap=(50, 70))
+    excluded, _ = prepared(frame, **TINY, missing="exclude")
+    report = excluded.accounting
+    assert report["features"]["a"] == {"windows_touching_gaps": 40, "share": round(40 / 165, 4),
+                                       "missing_steps_after_fill": 17, "longest_gap_after_fill": 17}
+    assert report["features"]["b"]["windows_touching_gaps"] == 0
+    assert report["features"]["precipitation"]["windows_touching_gaps"] == 0
+    assert report["splits"]["train"] == {"candidates": 93, "kept": 53, "label_unknown": 0, "input_missing": 40,
+                                         "kept_share": round(53 / 93, 4)}
+    (suggestion,) = report["suggestions"]
+    assert suggestion.startswith("a:") and "--missing mask" in suggestion and "--max-fill" in suggestion
+    masked, _ = prepared(frame, **TINY, missing="mask")
+    assert masked.accounting["features"]["a"]["windows_touching_gaps"] == 40
+    assert masked.accounting["splits"]["train"]["kept"] == 93 and masked.accounting["suggestions"] == []
+    assert masked.class_counts()["gap_windows.a"] == 40 and masked.class_counts()["candidate_windows_val"] == 36
+
+
+def test_the_realistic_record_keeps_90_percent_of_60_day_windows_in_every_split():
+    frame = synthetic_frame(years=2.0, gaps="realistic")
+    data, cfg = prepared(frame, "transfer", pretrain_model_path="")
+    assert data.window == 1440
+    for name, counts in data.accounting["splits"].items():
+        assert counts["kept"] / counts["candidates"] >= 0.90, (name, counts)
+    assert "wind_gust" not in data.columns     # 83 % empty in the training period: dropped
+    with pytest.raises(DataError, match="train split has no usable window.*--missing mask"):
+        prepared(frame, "transfer", pretrain_model_path="", missing="exclude")

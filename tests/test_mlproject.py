@@ -13,7 +13,7 @@ from rain_mlflow.diagnostics.rules import Thresholds
 from tests.conftest import REPO
 
 COMMAND_OPTIONS = {  # parameters that belong to a command, not to the run config
-    "synth": {"output", "years", "freq", "seed"},
+    "synth": {"output", "years", "freq", "seed", "gaps"},
     "clean": {"output"},
     "test": {"model_uri"},
     "compare": {"format", "fail_on", "metric_map"},

@@ -115,8 +115,10 @@ def test_the_registered_model_documents_its_input_and_output(promoted):
     info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}@champion")
     (inputs,) = info.signature.inputs.inputs
     (outputs,) = info.signature.outputs.inputs
-    window, n_vars = int(run.data.params["effective_seq_len"]), int(run.data.params["n_vars"])
-    assert inputs.type == np.dtype("float32") and inputs.shape == (-1, window, n_vars)
+    # the data columns (NaN where missing); the indicator variables are the model's business (n_vars counts them)
+    window, columns = int(run.data.params["effective_seq_len"]), run.data.params["feature_columns"].split(",")
+    assert int(run.data.params["n_vars"]) > len(columns)  # the record has gaps: --missing mask added indicators
+    assert inputs.type == np.dtype("float32") and inputs.shape == (-1, window, len(columns))
     assert outputs.type == np.dtype("float32") and outputs.shape == (-1,)
     assert "python_function" in info.flavors and "pytorch" not in info.flavors
     assert "model_code_path" in info.flavors["python_function"]

@@ -8,9 +8,10 @@ import os
 import time
 
 import pytest
+
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import liveness
+from rain_mlflow import liveness, presets
 from rain_mlflow.train.schedule import COSINE_FLOOR, lr_at
 from tests.conftest import assert_user_error
 from tests.test_train import run_id_and_kill_after, start_training
@@ -65,7 +66,8 @@ def test_resume_with_more_epochs_keeps_the_horizon_records_changes_and_force_bre
     history = json.loads(open(client.download_artifacts(run_id, "resume_history.json", os.getcwd())).read())
     assert history[0]["changed"]["train_epochs"] == [2, 3] and "horizon of 2" in history[0]["schedule"]
     lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
-    assert lr[1] == pytest.approx(2e-3)                                  # smoke: 2e-3, cosine over 2 epochs
-    assert lr[2] == pytest.approx(COSINE_FLOOR + (2e-3 - COSINE_FLOOR) / 2)
+    peak = presets.build("smoke").train.learning_rate
+    assert lr[1] == pytest.approx(peak)                                  # smoke's rate, cosine over 2 epochs
+    assert lr[2] == pytest.approx(COSINE_FLOOR + (peak - COSINE_FLOOR) / 2)
     assert lr[3] == pytest.approx(COSINE_FLOOR)                          # past the kept horizon: the floor
     assert sorted(lr) == [1, 2, 3]

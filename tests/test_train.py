@@ -21,9 +21,11 @@ from tests.conftest import REPO, assert_user_error, run_env
 
 EPOCH_METRICS = ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "val_f1", "test_f1",
                  "val_precision", "val_recall", "test_precision", "test_recall", "val_mcc", "test_mcc",
-                 "val_pred_rain_fraction", "lr", "epoch_time_s", "samples_per_s")
+                 "val_pred_rain_fraction", "lr", "epoch_time_s", "samples_per_s", "val_windows", "test_windows")
 SUMMARY_METRICS = ("best_epoch", "best_val_loss", "best_val_accuracy", "best_val_f1", "val_always_rain_f1",
-                   "test_always_rain_f1", "val_majority_accuracy", "test_majority_accuracy")
+                   "test_always_rain_f1", "val_majority_accuracy", "test_majority_accuracy", "test_skill_f1",
+                   "test_skill_mcc", *(f"{split}_{name}_{metric}" for split in ("val", "test")
+                                       for name in ("always_rain", "persistence", "gbm") for metric in ("f1", "mcc")))
 TIMING = {"epoch_time_s", "samples_per_s"}
 EPOCHS = 3
 
@@ -81,6 +83,27 @@ def test_every_contract_metric_every_epoch_at_step_epoch(trained):
     assert run.data.metrics["best_val_loss"] == val_loss[best]
 
 
+def test_every_window_is_evaluated_and_counted_every_epoch(trained):
+    client, run, _ = trained
+    got = histories(client, run.info.run_id, ("val_windows", "test_windows"))
+    for split in ("val", "test"):
+        assert {v for _, v in got[f"{split}_windows"]} == {float(run.data.params[f"windows_{split}"])}
+        # not thinned by window_stride 6: every candidate with a known label is evaluated
+        assert int(run.data.params[f"windows_{split}"]) == int(run.data.params[f"candidate_windows_{split}"]) - int(
+            run.data.params[f"label_unknown_windows_{split}"])
+
+
+def test_baselines_and_skill_are_recorded(trained):
+    _, run, _ = trained
+    m, params = run.data.metrics, run.data.params
+    rain, windows = int(params["rain_test"]), int(params["windows_test"])
+    assert m["test_always_rain_f1"] == pytest.approx(2 * rain / (windows + rain))   # 2p / (1 + p)
+    assert m["test_majority_accuracy"] == pytest.approx(max(rain, windows - rain) / windows)
+    best = max(m[f"test_{b}_f1"] for b in ("always_rain", "persistence", "gbm"))
+    assert m["test_skill_f1"] == pytest.approx(m["best_test_f1"] - best)
+    assert run.data.tags["test_best_baseline_mcc"] in ("always_rain", "persistence", "gbm")
+
+
 def test_system_metrics_are_on(trained):
     _, run, _ = trained
     system = {k for k in run.data.metrics if k.startswith("system/")}
@@ -94,12 +117,20 @@ def test_params_and_tags(trained):
         assert name in params, name
     assert params["preset"] == "smoke" and params["train_epochs"] == str(EPOCHS)
     assert int(params["n_params"]) > 1000 and params["vram_budget_gb"] == "1.0"
-    assert params["effective_seq_len"] == "168" and params["tokens_per_sample"] == "35"
+    # 5 data columns with gaps and the default missing=mask: one indicator variable, 6 x 7 tokens
+    assert params["effective_seq_len"] == "168" and params["tokens_per_sample"] == "42"
+    assert params["n_vars"] == "6" and params["indicator_variables"] == "missing:share"
+    assert params["missing"] == "mask" and params["max_fill"] == "6"          # resolved: 6 h of hourly steps
     for split in ("train", "val", "test"):
         assert int(params[f"rain_{split}"]) + int(params[f"no_rain_{split}"]) == int(params[f"windows_{split}"])
+        assert int(params[f"windows_{split}"]) + int(params[f"dropped_windows_{split}"]) == int(
+            params[f"candidate_windows_{split}"])
+        assert int(params[f"input_missing_windows_{split}"]) == 0                # mask keeps them
+    assert int(params["gap_windows.relative_humidity"]) > 0                      # its 5-day outage
     assert tags["preset"] == "smoke" and tags["rain.step"] == "train"
     assert tags["diagnosis"] == "ok" or all(f"diagnosis.{f}" in tags for f in tags["diagnosis"].split(","))
     assert "best epoch" in tags["mlflow.note.content"] and "always-rain" in tags["mlflow.note.content"]
+    assert "beat the best baseline" in tags["mlflow.note.content"].replace("beats", "beat")
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.digest == tags["data_digest"]
 
@@ -286,13 +317,15 @@ def test_dry_run_reports_sizes_and_estimates_without_a_run(store, synthetic_csv,
     result = cli("train", "--preset", "smoke", "--data", synthetic_csv, "--dry-run")
     assert result.code == 0, result.err
     out = result.out
-    for fragment in ("resolved settings", "train ", "majority share", "dropped", "parameters",
-                     "tokens per sample", "training memory (VRAM on a GPU), batch 64", "epoch time"):
+    for fragment in ("resolved settings", "train ", "majority share", "candidates", "label unknown",
+                     "parameters", "tokens per sample", "training memory (VRAM on a GPU), batch 64", "epoch time",
+                     "indicator variable(s) missing:share"):
         assert fragment in out, fragment
     from rain_mlflow import presets
     from rain_mlflow.model.factory import build_classifier
 
-    n_params = sum(p.numel() for p in build_classifier(presets.build("smoke"), 5).parameters())
+    # 5 data columns plus the missingness indicator
+    n_params = sum(p.numel() for p in build_classifier(presets.build("smoke"), 6).parameters())
     assert f"{n_params:,} parameters" in out
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -13,7 +13,7 @@ from rain_mlflow.errors import ConfigError
 from rain_mlflow.synth import synthetic_frame
 from rain_mlflow.train import precision as precision_module
 from rain_mlflow.train.losses import FocalLoss, balanced_class_weights, build_loss
-from rain_mlflow.train.metrics import baselines, split_metrics
+from rain_mlflow.train.metrics import split_metrics
 from rain_mlflow.train.precision import select_device, select_precision
 from rain_mlflow.train.schedule import lr_at
 
@@ -102,8 +102,7 @@ def test_metrics_positive_class_is_rain_and_constant_predictor_has_mcc_0():
     always_rain = np.ones_like(labels)
     m = split_metrics("val", labels, always_rain, 0.5)
     assert m["val_recall"] == 1.0 and m["val_precision"] == pytest.approx(5 / 8) and m["val_mcc"] == 0.0
-    assert baselines("val", labels)["val_always_rain_f1"] == pytest.approx(m["val_f1"])
-    assert baselines("val", labels)["val_majority_accuracy"] == pytest.approx(5 / 8)
+    assert m["val_windows"] == 8
 
 
 def test_synthetic_record_is_deterministic_and_damaged():
@@ -123,6 +122,28 @@ def test_synth_refuses_bad_settings():
         synthetic_frame(1.0, freq="fortnightly")
     with pytest.raises(ConfigError, match="years"):
         synthetic_frame(-1)
+    with pytest.raises(ConfigError, match="gaps must be one of default, realistic; got 'some'"):
+        synthetic_frame(1.0, gaps="some")
+
+
+def test_realistic_gaps_reproduce_the_airport_record():
+    from rain_mlflow.data.windows import rain_labels
+
+    frame = synthetic_frame(1.0, seed=0, gaps="realistic")
+    grid = frame.set_index("date").reindex(pd.date_range(frame["date"].iloc[0], frame["date"].iloc[-1], freq="h"))
+    lost = frame["date"].diff().dropna() - pd.Timedelta(hours=1)
+    lost = lost[lost > pd.Timedelta(0)]
+    assert 12 <= len(lost) <= 16 and lost.max() <= pd.Timedelta(hours=5)            # ~14 gaps of 1-5 hours
+    assert not frame["date"].duplicated().any()
+    pressure = frame["pressure"].isna()
+    assert 0.028 <= pressure.mean() <= 0.035                                          # 3 % of readings
+    runs = pressure.ne(pressure.shift()).cumsum()[pressure].value_counts()
+    assert runs.max() <= 9 and runs.min() >= 1 and (runs == 1).mean() > 0.5            # short, scattered
+    assert 0.80 <= frame["wind_gust"].isna().mean() <= 0.86                          # 83 % empty
+    for column in ("temperature", "relative_humidity", "wind_speed", "precipitation"):
+        assert not frame[column].isna().any()                                        # only the lost hours
+    labels = rain_labels(grid["precipitation"].to_numpy(dtype=float), 24, 0.1)
+    assert 0.25 <= np.nanmean(labels) <= 0.35                                       # rain within 24 h: ~30 %
 
 
 def test_presets_command_lists_every_preset(cli):

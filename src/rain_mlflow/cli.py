@@ -25,8 +25,11 @@ from rain_mlflow.weights import DEFAULT_RELEASE
 EXPERIMENT = Checked("experiment", "text")
 BOOL = "BOOL"
 
-DATA_FIELDS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq", "max_gap",
+DATA_FIELDS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq",
                "max_missing_fraction")
+# `clean` also takes what its window accounting and its training-period statistics depend on
+CLEAN_FIELDS = (*DATA_FIELDS, "max_fill", "missing", "seq_len", "horizon", "rain_threshold", "window_stride",
+                "train_fraction", "val_fraction", "test_fraction")
 COLUMN_FIELDS = ("date_col", "precip_col", "label_col", "features", "na_values", "freq")
 
 
@@ -76,11 +79,16 @@ def cli() -> None:
               help="time step (pandas frequency: 1h, 3h, 30min...)")
 @click.option("--seed", default="0", show_default=True, metavar="INT", type=Checked("seed", "int", min=0),
               help="random seed (same seed, same file)")
-def synth(output: str, years: str, freq: str, seed: str) -> None:
+@click.option("--gaps", default="default", show_default=True, metavar="default|realistic",
+              type=Checked("gaps", "choice", choices=("default", "realistic")),
+              help="damage: default, or realistic (an airport record: 3 %% of pressure missing in short runs, "
+                   "14 lost gaps of 1-5 h a year, an 83 %%-empty wind_gust column; rain within 24 h in ~30 %% of "
+                   "hours)")
+def synth(output: str, years: str, freq: str, seed: str, gaps: str) -> None:
     """Write a deterministic synthetic station record shaped like the user's data."""
     from rain_mlflow.synth import SynthConfig, write_synthetic
 
-    cfg = SynthConfig.parse(years=years, freq=freq, seed=seed)
+    cfg = SynthConfig.parse(years=years, freq=freq, seed=seed, gaps=gaps)
     frame = write_synthetic(output, cfg)
     rain = float((frame["precipitation"] > 0).mean())
     click.echo(f"wrote {output}: {len(frame)} rows of {cfg.freq} from {frame['date'].iloc[0]} to "
@@ -88,7 +96,7 @@ def synth(output: str, years: str, freq: str, seed: str) -> None:
 
 
 @cli.command()
-@config_options(DATA_FIELDS)
+@config_options(CLEAN_FIELDS)
 @click.option("--output", default="data/clean.csv", show_default=True, type=Checked("output", "output_file"),
               help="cleaned CSV to write")
 @click.option("--report", "report_path", default=None, type=Checked("report", "output_file"),
@@ -96,9 +104,13 @@ def synth(output: str, years: str, freq: str, seed: str) -> None:
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 def clean(output: str, report_path: str | None, experiment: str | None, **options: Any) -> None:
-    """Clean a station CSV: sort, de-duplicate, regular steps, gap report, short-gap interpolation."""
+    """Clean a station CSV: sort, de-duplicate, regular steps, gap and fill report, window accounting.
+
+    The cleaned CSV keeps observed values only; the causal fill (last reading carried forward over at most
+    --max-fill steps) happens when windows are made and is counted in the report.
+    """
     from rain_mlflow import presets
-    from rain_mlflow.cleaning import run_clean
+    from rain_mlflow.clean_command import run_clean
 
     cfg = presets.build(presets.DEFAULT_PRESET, overrides_from(options)).data
     run_clean(cfg, output, report_path, experiment)

@@ -28,6 +28,9 @@ STOP_METRICS = ("val_loss", "val_f1", "val_accuracy", "val_mcc")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 ACTIVATIONS = ("relu", "gelu")
 POOLINGS = ("last", "mean", "attention")  # must equal rain_mlflow.model.POOLINGS (tested)
+MISSING_MODES = ("mask", "exclude")
+MISSING_INDICATORS = ("one", "per_feature")
+DEFAULT_MAX_FILL_HOURS = 6.0  # max_fill when not set: a reading is carried forward over at most 6 h of steps
 DIAGNOSIS_FLAGS = (
     "stalled", "oscillating", "val_test_divergence", "val_loss_not_improving",
     "vram_over_budget", "class_collapse", "non_finite_loss", "dead_run",
@@ -50,9 +53,16 @@ class DataConfig:
     features: tuple[str, ...] | None = _f(None, "comma-separated input columns (default: every other numeric column)")
     na_values: tuple[str, ...] = _f((), "extra cell values that mean 'missing', e.g. -999,-9999")
     freq: str | None = _f(None, "time step, e.g. 1h or 3h (default: inferred from the timestamps)")
-    max_gap: int = _f(3, "interpolate gaps in non-precipitation features of at most this many steps", min=0)
-    max_missing_fraction: float = _f(0.5, "drop a feature missing in more than this share of steps",
-                                     min=0.0, max=1.0)
+    max_fill: int | None = _f(None, "carry the last reading of a feature forward over at most this many missing "
+                                    "steps (causal; precipitation is never carried; default: 6 h of steps)", min=0)
+    missing: str = _f("mask", "inputs still missing after the fill: mask (training mean plus a missingness "
+                              "indicator variable) or exclude (drop every window touching one)",
+                      choices=MISSING_MODES)
+    missing_indicators: str = _f("one", "with missing=mask: one indicator variable (share of the inputs missing at "
+                                        "each step) or per_feature (one per feature with gaps; each adds a "
+                                        "variable, i.e. attention cost)", choices=MISSING_INDICATORS)
+    max_missing_fraction: float = _f(0.5, "drop a feature missing in more than this share of the training "
+                                          "period's steps", min=0.0, max=1.0)
     horizon: int = _f(24, "label looks this many steps ahead: rain if precipitation over (t, t+horizon] "
                           "exceeds rain_threshold", min=1)
     rain_threshold: float = _f(0.1, "precipitation total (column unit) above which the horizon counts as rain",
@@ -66,6 +76,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if self.label_col is not None and self.label_col in (self.features or ()):
+            # label(t) describes (t, t + horizon]: as an input it would show each window its own answer
+            raise ConfigError(f"features must not include the label column {self.label_col!r} (it holds the "
+                              f"future each window is asked about); got {','.join(self.features or ())}")
         total = self.train_fraction + self.val_fraction + self.test_fraction
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ConfigError(

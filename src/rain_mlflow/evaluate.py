@@ -3,8 +3,12 @@
 The model can be named three ways: `models:/NAME@ALIAS` (or `models:/NAME/VERSION`, `models:/m-...`) from the
 registry, a training run id (its `checkpoints/best.pt`), or a checkpoint file. Every path ends in the same
 `RainModel`, which carries its training config, feature order, window and scaler, so nothing else is needed.
-Next to the model's scores stand the baselines on the same windows: always the majority class, and "it rains if
-it rained in the last observed step" (persistence). A model that does not beat both has learnt nothing useful.
+Next to the model's scores stand the baselines on the same windows (`train/baselines.py`): always-rain, the
+majority class, persistence (rain in the last horizon) and the gradient-boosting classifier. The gbm is fitted on
+the training split of the data the model was trained on: on that same data its test-split scores are exactly the
+training run's `test_gbm_*`; on a new file it is fitted on the training data if that file is still readable here
+(its path as recorded in the model's config), and is left out with a note otherwise. `skill_f1` / `skill_mcc` are
+the model's scores minus the best baseline's.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from sklearn.metrics import classification_report, roc_auc_score
 from rain_mlflow import presets
 from rain_mlflow.config import DEFAULT_MODEL_URI, SYNTHETIC, RunConfig
 from rain_mlflow.data import load_clean
-from rain_mlflow.data.dataset import evaluation_windows
+from rain_mlflow.data.dataset import EvalWindows, evaluation_windows, prepare
+from rain_mlflow.data.missing import model_inputs
 from rain_mlflow.errors import DataError, UserError
 from rain_mlflow.model.factory import RainModel, rain_model_from_payload
 from rain_mlflow.train import checkpoint
+from rain_mlflow.train.baselines import GbmBaseline, baseline_metrics, skill, verdict
 from rain_mlflow.train.metrics import confusion, split_metrics
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -64,20 +70,31 @@ def rain_probabilities(model: RainModel, windows: Any) -> np.ndarray:
     return np.concatenate(out)
 
 
-def score(labels: np.ndarray, probability: np.ndarray, rained_last_step: np.ndarray | None) -> dict[str, Any]:
-    """Model metrics plus the two baselines on the same windows."""
+def gbm_predictions(model: RainModel, trained_cfg: RunConfig, cleaned: Any, windows: EvalWindows,
+                    new_data: bool) -> tuple[np.ndarray | None, str]:
+    """The gbm baseline's forecasts for `windows` (fitted on the training split of the model's training data)."""
+    cfg = trained_cfg.with_overrides(features=",".join(model.features))
+    try:
+        prepared = prepare(load_clean(cfg.data)[1] if new_data else cleaned, cfg)
+    except UserError as exc:
+        return None, f"gbm baseline left out: the training data {cfg.data.data!r} cannot be used here ({exc})"
+    train = prepared.splits["train"]
+    gbm = GbmBaseline(prepared.window, prepared.rain_index).fit(prepared.series, train.ends, train.labels)
+    series = prepared.series if not new_data else model_inputs(
+        windows.raw.astype(np.float64), prepared.scaler_mean, prepared.scaler_scale, prepared.policy)[0]
+    return gbm.predict(series, windows.ends), f"gbm fitted on the training split of {cfg.data.data}"
+
+
+def score(labels: np.ndarray, probability: np.ndarray, baselines: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Model metrics plus every baseline on the same windows, and the skill over the best one."""
     predicted = (probability >= 0.5).astype(np.int64)
     metrics = {k.removeprefix("m_"): v for k, v in split_metrics("m", labels, predicted, float("nan")).items()
-               if k != "m_loss"}
+               if k not in ("m_loss", "m_windows")}
     metrics["roc_auc"] = float(roc_auc_score(labels, probability)) if len(np.unique(labels)) == 2 else float("nan")
-    majority = int(labels.mean() >= 0.5)
-    for name, guess in (("majority", np.full_like(labels, majority)),
-                        ("persistence", None if rained_last_step is None else rained_last_step.astype(np.int64))):
-        if guess is None:
-            continue
-        base = split_metrics("b", labels, guess, float("nan"))
-        metrics.update({f"{name}_accuracy": base["b_accuracy"], f"{name}_f1": base["b_f1"],
-                        f"{name}_mcc": base["b_mcc"]})
+    bars = {k.removeprefix("t_"): v for k, v in baseline_metrics("t", labels, baselines).items()}
+    metrics.update(bars)
+    metrics.update({k.removeprefix("t_"): v for k, v in skill("t", metrics, {f"t_{k}": v for k, v in bars.items()})
+                    .items()})
     metrics["n_windows"] = int(len(labels))
     metrics["rain_share"] = float(labels.mean())
     return metrics
@@ -103,9 +120,12 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
     # The data the model was trained on (by content, whatever the path): only its test split is new to the
     # model. Any other data: every window.
     training_data = _is_training_data(raw, trained_run, trained_cfg, cfg)
-    windows = evaluation_windows(cleaned, cfg, model.window, test_split_only=training_data)
+    new_data = not training_data
+    windows = evaluation_windows(cleaned, cfg, model.policy, model.window, test_split_only=training_data)
     probability = rain_probabilities(model, windows)
-    metrics = score(windows.labels, probability, windows.rained_last_step)
+    gbm, gbm_note = gbm_predictions(model, trained_cfg, cleaned, windows, new_data)
+    forecasts = {"persistence": windows.persistence, **({"gbm": gbm} if gbm is not None else {})}
+    metrics = score(windows.labels, probability, forecasts)
     predicted = (probability >= 0.5).astype(np.int64)
     matrix = confusion(windows.labels, predicted)
     report_text = classification_report(windows.labels, predicted, labels=[0, 1], target_names=["no rain", "rain"],
@@ -118,14 +138,15 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
                             "window": model.window, "features": ",".join(model.features),
                             "trained_run_id": trained_run or ""})
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+        tracker.set_tags({"gbm_baseline": gbm_note, **{k: v for k, v in metrics.items() if isinstance(v, str)}})
         tracker.log_dict({"confusion": matrix, "labels": ["no rain", "rain"]}, "confusion_matrix.json")
         tracker.log_text(report_text, "classification_report.txt")
         _log_predictions(tracker, windows, probability, predicted)
         _log_confusion_figure(tracker, matrix, model_uri)
-        note = _note(model_uri, trained_run, windows.scope, cfg.data.data, metrics)
+        note = _note(model_uri, trained_run, windows.scope, cfg.data.data, metrics, gbm_note)
         tracker.set_note(note)
         run_id, experiment_id = tracker.run_id, tracker.experiment_id
-    _print(model_uri, windows, metrics, matrix, report_text, run_id)
+    _print(model_uri, windows, metrics, matrix, report_text, run_id, gbm_note)
     _print_links(experiment_id, run_id, trained_run)
     return {"run_id": run_id, "trained_run_id": trained_run, **metrics}
 
@@ -171,23 +192,27 @@ def _log_confusion_figure(tracker: Any, matrix: list[list[int]], title: str) -> 
     plots.close(fig)
 
 
-def _note(model_uri: str, trained_run: str | None, scope: str, data: str, m: dict[str, Any]) -> str:
-    persistence = (f", persistence F1 {m['persistence_f1']:.3f}" if "persistence_f1" in m else "")
+def _note(model_uri: str, trained_run: str | None, scope: str, data: str, m: dict[str, Any], gbm_note: str) -> str:
+    against = verdict("t", m, {f"t_{k}": v for k, v in m.items()}, f"these {m['n_windows']} windows")
     return (f"Test of {model_uri} (training run {trained_run or 'unknown'}) on {scope} of {data}: accuracy "
-            f"{m['accuracy']:.1%} (majority {m['majority_accuracy']:.1%}), F1 {m['f1']:.3f}{persistence}, "
-            f"ROC-AUC {m['roc_auc']:.3f}, MCC {m['mcc']:+.3f}, {m['n_windows']} windows.")
+            f"{m['accuracy']:.1%} (majority {m['majority_accuracy']:.1%}), F1 {m['f1']:.3f}, MCC {m['mcc']:+.3f}, "
+            f"ROC-AUC {m['roc_auc']:.3f}; {against}; {gbm_note}.")
 
 
 def _print(model_uri: str, windows: Any, m: dict[str, Any], matrix: list[list[int]], report: str,
-           run_id: str) -> None:
-    click.echo(f"model {model_uri} on {windows.scope} ({m['n_windows']} windows, {m['rain_share']:.1%} rain, "
-               f"{windows.dropped} dropped for missing values)")
+           run_id: str, gbm_note: str) -> None:
+    click.echo(f"model {model_uri} on {windows.scope} ({m['n_windows']} of {windows.candidates} windows, "
+               f"{m['rain_share']:.1%} rain; {windows.dropped} dropped: unknown label or missing input)")
     click.echo(f"{'':14}{'accuracy':>9}{'F1':>8}{'MCC':>8}")
     click.echo(f"{'model':14}{m['accuracy']:>9.2%}{m['f1']:>8.3f}{m['mcc']:>+8.3f}   precision {m['precision']:.3f}"
                f"  recall {m['recall']:.3f}  ROC-AUC {m['roc_auc']:.3f}")
-    for name in ("majority", "persistence"):
-        if f"{name}_accuracy" in m:
-            click.echo(f"{name:14}{m[f'{name}_accuracy']:>9.2%}{m[f'{name}_f1']:>8.3f}{m[f'{name}_mcc']:>+8.3f}")
+    click.echo(f"{'majority':14}{m['majority_accuracy']:>9.2%}")
+    for name in ("always_rain", "persistence", "gbm"):
+        if f"{name}_f1" in m:
+            click.echo(f"{name.replace('_', '-'):14}{m[f'{name}_accuracy']:>9.2%}{m[f'{name}_f1']:>8.3f}"
+                       f"{m[f'{name}_mcc']:>+8.3f}")
+    click.echo(f"skill over the best baseline: F1 {m['skill_f1']:+.3f} ({m['best_baseline_f1']}), "
+               f"MCC {m['skill_mcc']:+.3f} ({m['best_baseline_mcc']}); {gbm_note}")
     (tn, fp), (fn, tp) = matrix
     click.echo(f"confusion (rows true, columns predicted): no rain [{tn} {fp}]  rain [{fn} {tp}]")
     click.echo(report.rstrip())

@@ -34,7 +34,7 @@ def _step(number: int, name: str) -> None:
 
 def run_pipeline(preset: str = "smoke", experiment: str | None = None, workdir: str = "outputs") -> dict[str, Any]:
     from rain_mlflow import compare
-    from rain_mlflow.cleaning import run_clean
+    from rain_mlflow.clean_command import run_clean
     from rain_mlflow.diagnostics.rules import Thresholds
     from rain_mlflow.evaluate import run_test
     from rain_mlflow.registry import run_promote

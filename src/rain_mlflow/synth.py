@@ -9,6 +9,11 @@ Columns: `date`, `precipitation` (mm per step), `temperature` (degC), `relative_
 - an afternoon convection peak in the daily cycle.
 Rain falls when a noisy moisture index crosses a threshold, in amounts drawn from a gamma distribution. Then the
 record is damaged the way station data are: missing timestamps (gaps), NaN runs in sensors, duplicated rows.
+
+`gaps="realistic"` reproduces instead the airport record real users bring (one year of it: 3 % of the pressure
+readings missing in short scattered runs of 1-9 h, 14 gaps of 1-5 missing hours, a `wind_gust` column that is
+empty 83 % of the time, since gusts are only reported when it is gusty) in a drier climate: rain within the next
+24 h in about 30 % of the hours. The default record (`gaps="default"`) is unchanged by this option.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ from rain_mlflow.errors import ConfigError
 
 START = "2014-01-01"
 COLUMNS = ("date", "precipitation", "temperature", "relative_humidity", "pressure", "wind_speed")
+GAPS = ("default", "realistic")
+RAIN_LEVEL = {"default": 0.95, "realistic": 2.1}  # moisture level above which it rains (2.1: ~30 % rainy days)
+# The airport record, per year of hourly data: pressure gaps (share of readings, run lengths 1-9 h mostly short),
+# whole hours lost, and how often a gust is reported.
+PRESSURE_MISSING_SHARE = 0.03
+PRESSURE_RUN_WEIGHTS = (70, 10, 5, 4, 3, 2, 2, 2, 2)   # relative frequency of runs of 1, 2, ..., 9 hours
+ROW_GAPS_PER_YEAR, ROW_GAP_HOURS = 14, (1, 5)
+GUST_REPORTED_SHARE = 0.17
 
 
 def _ar1(rng: np.random.Generator, n: int, tau_steps: float, scale: float) -> np.ndarray:
@@ -33,8 +46,10 @@ def _ar1(rng: np.random.Generator, n: int, tau_steps: float, scale: float) -> np
     return lfilter([1.0], [1.0, -phi], noise)
 
 
-def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0) -> pd.DataFrame:
+def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0, gaps: str = "default") -> pd.DataFrame:
     """The synthetic record as a DataFrame (`date` column first), damaged with gaps and NaN runs."""
+    if gaps not in GAPS:
+        raise ConfigError(f"gaps must be one of {', '.join(GAPS)}; got {gaps!r}")
     if not math.isfinite(years) or years <= 0:
         raise ConfigError(f"years must be a finite number > 0; got {years}")
     try:
@@ -62,7 +77,7 @@ def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0) -> pd.
 
     moisture = 0.9 * season + 0.5 * enso + 1.0 * waves + _ar1(rng, n, 6 / hours, 0.45)
     convective = moisture + 0.45 * afternoon + rng.normal(0, 0.35, n)
-    raining = convective > 0.95
+    raining = convective > RAIN_LEVEL[gaps]
     amount = rng.gamma(shape=0.8, scale=1.2 + 0.8 * np.clip(moisture, 0, None), size=n) * hours ** 0.5
     precipitation = np.where(raining, np.round(amount + 0.1, 1), 0.0)
 
@@ -82,6 +97,8 @@ def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0) -> pd.
         "pressure": np.round(pressure, 1),
         "wind_speed": np.round(wind, 1),
     })
+    if gaps == "realistic":
+        return _realistic_damage(frame, rng, hours)
     return _damage(frame, rng, hours)
 
 
@@ -111,6 +128,31 @@ def _damage(frame: pd.DataFrame, rng: np.random.Generator, hours: float) -> pd.D
     return pd.concat([frame, duplicates]).sort_values("date", kind="stable").reset_index(drop=True)
 
 
+def _realistic_damage(frame: pd.DataFrame, rng: np.random.Generator, hours: float) -> pd.DataFrame:
+    """The airport record's damage: scattered short pressure gaps, lost hours, a mostly empty gust column."""
+    n = len(frame)
+    years = n * hours / 8766
+    wind = frame["wind_speed"].to_numpy()
+    gusty = wind + rng.normal(0, 0.6, n) > np.quantile(wind, 1 - GUST_REPORTED_SHARE)
+    gust = np.round(wind * 1.5 + rng.gamma(2.0, 1.0, n), 1)
+    frame.insert(len(frame.columns), "wind_gust", np.where(gusty, gust, np.nan))
+
+    weights = np.asarray(PRESSURE_RUN_WEIGHTS, dtype=float)
+    pressure = np.zeros(n, dtype=bool)
+    while pressure.mean() < PRESSURE_MISSING_SHARE:
+        length = max(1, int(round((1 + rng.choice(len(weights), p=weights / weights.sum())) / hours)))
+        start = int(rng.integers(0, max(1, n - length)))
+        pressure[start:start + length] = True
+    frame.loc[pressure, "pressure"] = np.nan
+
+    lost = np.zeros(n, dtype=bool)
+    for _ in range(max(1, int(round(ROW_GAPS_PER_YEAR * years)))):
+        length = max(1, int(round(rng.integers(ROW_GAP_HOURS[0], ROW_GAP_HOURS[1] + 1) / hours)))
+        start = int(rng.integers(1, max(2, n - length - 1)))
+        lost[start:start + length] = True
+    return frame.loc[~lost].reset_index(drop=True)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Settings of `rain-mlflow synth` (the MLproject `synth` entry point has the same names)."""
@@ -118,9 +160,10 @@ class SynthConfig:
     years: float = 11.0
     freq: str = "1h"
     seed: int = 0
+    gaps: str = "default"
 
     @classmethod
-    def parse(cls, years: str, freq: str, seed: str) -> SynthConfig:
+    def parse(cls, years: str, freq: str, seed: str, gaps: str = "default") -> SynthConfig:
         try:
             years_value = float(years)
         except ValueError:
@@ -131,13 +174,15 @@ class SynthConfig:
             raise ConfigError(f"seed must be an integer; got {seed!r}") from None
         if seed_value < 0:
             raise ConfigError(f"seed must be >= 0; got {seed_value}")
-        return cls(years_value, freq, seed_value)
+        if gaps not in GAPS:
+            raise ConfigError(f"gaps must be one of {', '.join(GAPS)}; got {gaps!r}")
+        return cls(years_value, freq, seed_value, gaps)
 
 
 def write_synthetic(output: str, cfg: SynthConfig = SynthConfig()) -> pd.DataFrame:
     """Write the synthetic record to `output` (atomically) and return it."""
     from rain_mlflow.data.io import write_csv_atomic
 
-    frame = synthetic_frame(cfg.years, cfg.freq, cfg.seed)
+    frame = synthetic_frame(cfg.years, cfg.freq, cfg.seed, cfg.gaps)
     write_csv_atomic(frame, output)
     return frame

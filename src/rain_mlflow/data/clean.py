@@ -4,9 +4,10 @@ Rules, in order: parse dates (unparseable ones are an error, empty ones are drop
 columns (an all-text column is ignored and reported, a column mixing numbers and text is an error); sort; drop
 duplicate timestamps (first kept); reindex to the regular frequency (given, or the most common step), so gaps
 become explicit missing rows; check precipitation (not all missing, never negative); check a given label (0/1);
-drop features missing in more than `max_missing_fraction` of the steps; interpolate NaN runs of at most `max_gap`
-steps in non-precipitation features (only runs with readings on both sides). Precipitation is never filled:
-whatever is missing stays missing, and windows touching it are excluded later.
+drop features missing in more than `max_missing_fraction` of the TRAINING period's steps (the later periods never
+decide what the data is). The cleaned record keeps observed values only: no cell is filled here. The causal fill
+(last observation carried forward over at most `max_fill` steps, `data/missing.py`) happens when windows are made;
+the report counts, per column, the cells it will fill and the cells still missing after it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 
 from rain_mlflow.config import DataConfig
 from rain_mlflow.data.io import EXTRA_NA_TOKENS
+from rain_mlflow.data.missing import carry_forward, default_max_fill
+from rain_mlflow.data.windows import split_bounds
 from rain_mlflow.errors import DataError
 
 MIN_ROWS = 3
@@ -30,6 +33,7 @@ class CleanResult:
     features: tuple[str, ...]    # model inputs, in column order
     step: pd.Timedelta           # the regular time step
     report: dict[str, Any]
+    max_fill: int = 0            # resolved `max_fill`: steps a reading may be carried forward when windows are made
 
 
 def clean(raw: pd.DataFrame, cfg: DataConfig, source: str) -> CleanResult:
@@ -50,15 +54,16 @@ def clean(raw: pd.DataFrame, cfg: DataConfig, source: str) -> CleanResult:
     if cfg.label_col is not None:
         _check_label(frame[cfg.label_col], cfg.label_col)
     features = _choose_features(frame, cfg, precip, report)
-    filled = {c: _interpolate_short_runs(frame, c, cfg.max_gap) for c in features if c != precip}
-    report["columns"] = {c: _column_report(frame[c], filled.get(c, 0), frame[cfg.date_col])
+    max_fill = cfg.max_fill if cfg.max_fill is not None else default_max_fill(step)
+    report.update(max_fill=max_fill, max_fill_default=cfg.max_fill is None)
+    report["columns"] = {c: _column_report(frame[c], c != precip, max_fill, frame[cfg.date_col])
                          for c in dict.fromkeys([*([precip] if precip else []), *features])}
     kept = [cfg.date_col, *dict.fromkeys([*([precip] if precip else []), *features,
                                           *([cfg.label_col] if cfg.label_col else [])])]
     frame = frame[kept].reset_index(drop=True)
     report.update(features=list(features), steps=int(len(frame)),
                   start=str(frame[cfg.date_col].iloc[0]), end=str(frame[cfg.date_col].iloc[-1]))
-    return CleanResult(frame=frame, features=tuple(features), step=step, report=report)
+    return CleanResult(frame=frame, features=tuple(features), step=step, report=report, max_fill=max_fill)
 
 
 def _resolve_columns(raw: pd.DataFrame, cfg: DataConfig) -> str | None:
@@ -228,11 +233,13 @@ def _check_label(values: pd.Series, name: str) -> None:
 def _choose_features(frame: pd.DataFrame, cfg: DataConfig, precip: str | None, report: dict) -> list[str]:
     candidates = list(cfg.features) if cfg.features else [
         c for c in frame.columns if c not in (cfg.date_col, cfg.label_col)]
+    training = frame.iloc[:max(split_bounds(len(frame), cfg)[0], 1)]
     dropped = {}
     for column in list(candidates):
-        share = float(frame[column].isna().mean())
+        share = float(training[column].isna().mean())
         if column != precip and share > cfg.max_missing_fraction:
-            dropped[column] = f"missing in {share:.1%} of steps (> max_missing_fraction {cfg.max_missing_fraction:g})"
+            dropped[column] = (f"missing in {share:.1%} of the training period's steps (> max_missing_fraction "
+                               f"{cfg.max_missing_fraction:g})")
             candidates.remove(column)
     report["dropped_features"] = dropped
     if not candidates:
@@ -241,26 +248,17 @@ def _choose_features(frame: pd.DataFrame, cfg: DataConfig, precip: str | None, r
     return candidates
 
 
-def _interpolate_short_runs(frame: pd.DataFrame, column: str, max_gap: int) -> int:
-    """Linearly fill NaN runs of at most `max_gap` steps that have readings on both sides; return how many."""
-    values = frame[column].to_numpy(dtype=float, copy=True)
-    missing = np.isnan(values)
-    fill = np.zeros(len(values), dtype=bool)
-    for start, length in _runs(missing):
-        if length <= max_gap and start > 0 and start + length < len(values):
-            fill[start:start + length] = True
-    if fill.any():
-        known = np.flatnonzero(~missing)
-        values[fill] = np.interp(np.flatnonzero(fill), known, values[known])
-        frame[column] = values
-    return int(fill.sum())
-
-
-def _column_report(values: pd.Series, interpolated: int, dates: pd.Series) -> dict[str, Any]:
-    runs = _runs(values.isna().to_numpy())
+def _column_report(values: pd.Series, carried: bool, max_fill: int, dates: pd.Series) -> dict[str, Any]:
+    observed = values.to_numpy(dtype=float)
+    after = carry_forward(observed[:, None], max_fill if carried else 0, [True])[:, 0]
+    runs = _runs(np.isnan(observed))
     return {
-        "interpolated": interpolated,
-        "missing_after": int(values.isna().sum()),
+        "missing": int(np.isnan(observed).sum()),
+        "filled": int(np.isnan(observed).sum() - np.isnan(after).sum()),
+        "missing_after_fill": int(np.isnan(after).sum()),
+        "longest_after_fill": max((n for _, n in _runs(np.isnan(after))), default=0),
+        "missing_after": int(np.isnan(observed).sum()),  # kept for older readers: missing in the cleaned CSV
+        "interpolated": 0,                                # kept for older readers: nothing is interpolated
         "missing_runs": len(runs),
         "longest_missing_run": max((n for _, n in runs), default=0),
         "runs": [{"start": str(dates.iloc[s]), "steps": n} for s, n in runs],
@@ -277,9 +275,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"off-grid rows dropped: {report['off_grid_rows_dropped']}",
         f"gaps: {gaps['count']} ({gaps['missing_steps']} missing steps, longest {gaps['longest_steps']})",
     ]
+    lines.append(f"columns (the causal fill carries a reading forward over at most {report['max_fill']} steps "
+                 "when windows are made; precipitation is never carried):")
     for column, info in report["columns"].items():
-        lines.append(f"  {column}: {info['interpolated']} interpolated, {info['missing_after']} still missing "
-                     f"(longest run {info['longest_missing_run']})")
+        lines.append(f"  {column}: {info['missing']} missing (longest run {info['longest_missing_run']}), "
+                     f"{info['filled']} will be filled, {info['missing_after_fill']} stay missing "
+                     f"(longest {info['longest_after_fill']})")
     for column, why in report["dropped_features"].items():
         lines.append(f"  dropped {column}: {why}")
     for column, why in report["ignored_columns"].items():

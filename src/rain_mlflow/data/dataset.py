@@ -1,31 +1,39 @@
 """From a cleaned record to training windows: label, chronological split with purge, train-only scaler, index.
 
-A window is named by its END step t (inclusive): its input is steps [t - L + 1, t] of the scaled series and its
-label says whether rain falls in (t, t + horizon]. Windows are never materialised: a split is just the array of
-its end steps, and a batch is gathered from the one [T, C] series when it is needed (`gather`), so 11 years of
-hourly data at L = 2880 cost a few megabytes, not the gigabytes that [n_windows, L, C] would.
+A window is named by its END step t (inclusive): its input is steps [t - L + 1, t] of the model's input series
+and its label says whether rain falls in (t, t + horizon]. Windows are never materialised: a split is just the
+array of its end steps, and a batch is gathered from the one [T, C] series when it is needed
+(`data.windows.gather`), so 11 years of hourly data at L = 2880 cost a few megabytes, not the gigabytes that
+[n_windows, L, C] would.
 
 Split: the timeline is cut at `train_end` and `val_end` (fractions of the steps). A training window's label must
 end before validation time starts (t + horizon < train_end), the same for validation vs test: that purge of
 `horizon` steps is what keeps a training label from seeing validation weather. Inputs may reach back across a
-boundary (they are the past, as in the official code). The scaler is fitted on the training steps only.
+boundary (they are the past, as in the official code). Everything that decides the data is computed on the
+training period only: the scaler (whose mean is also the fill value of `missing=mask`), which indicator variables
+exist, and (in `clean`) which features are dropped. Training windows follow `window_stride`; validation and test
+use every window. Missing inputs: `data/missing.py`; window accounting: `data/accounting.py`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
-from rain_mlflow.config import RunConfig
+from rain_mlflow.config import DataConfig, RunConfig
+from rain_mlflow.data import accounting
 from rain_mlflow.data.clean import CleanResult
+from rain_mlflow.data.missing import MissingPolicy, carry_forward, model_inputs
+from rain_mlflow.data.windows import candidate_ends, gather, persistence, rain_labels, split_bounds, touching
 from rain_mlflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
+SPLITS = accounting.SPLITS
 
 
 @dataclass(frozen=True)
@@ -33,9 +41,10 @@ class Split:
     name: str
     ends: np.ndarray      # int64 end step of every usable window, ascending
     labels: np.ndarray    # int64 0/1 per window
-    dropped: int          # windows in this split's range excluded because they touch a missing value
+    dropped: int          # candidate windows of this split excluded (unknown label, or missing input with exclude)
     first_step: int       # the split's time range [first_step, last_step) on the series
     last_step: int
+    candidates: int = 0   # windows the split's range offers (training: on the window_stride)
 
     @property
     def size(self) -> int:
@@ -56,62 +65,51 @@ class Split:
 
 @dataclass(frozen=True)
 class PreparedData:
-    series: np.ndarray                  # float32 [T, C], scaled with training statistics; NaN where missing
+    series: np.ndarray                  # float32 [T, V] model inputs: scaled columns (0 where missing), indicators
+    raw: np.ndarray                     # float32 [T, C] the data columns in their own units, NaN where missing
     dates: pd.DatetimeIndex
-    features: tuple[str, ...]
+    features: tuple[str, ...]           # the model's variables: data columns, then indicator variables
     window: int                         # effective seq_len (a multiple of the token length)
     horizon: int
     splits: dict[str, Split]
-    scaler_mean: np.ndarray
+    scaler_mean: np.ndarray             # per data column, training period only (also the fill value of `mask`)
     scaler_scale: np.ndarray
+    policy: MissingPolicy | None = None
+    accounting: dict[str, Any] = field(default_factory=dict)
+    persistence: np.ndarray | None = None  # int64 per step: the persistence forecast (baselines)
     notes: list[str] = field(default_factory=list)
 
     @property
     def n_vars(self) -> int:
         return int(self.series.shape[1])
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The data columns (what the served model takes), without the indicator variables."""
+        return self.policy.columns if self.policy else self.features
+
+    @property
+    def rain_index(self) -> int | None:
+        """Index of the precipitation input (the one column never carried forward), if it is an input."""
+        if self.policy is None or all(self.policy.carried):
+            return None
+        return self.policy.carried.index(False)
+
     def gather(self, ends: np.ndarray) -> np.ndarray:
-        """Windows ending at `ends` as [len(ends), window, C] (numpy; the trainer does the same on the device)."""
-        offsets = np.arange(-self.window + 1, 1)
-        return self.series[ends[:, None] + offsets[None, :]]
+        """Model inputs of the windows ending at `ends`, [len(ends), window, V] (the trainer does it on the device)."""
+        return gather(self.series, ends, self.window)
 
     def class_counts(self) -> dict[str, int | float]:
-        """Flat per-split counts for logging: windows_<split>, rain_<split>, no_rain_<split>, majority share."""
+        """Flat per-split counts for logging: windows_<split>, rain_<split>, no_rain_<split>, majority share,
+        plus the window accounting (candidates and drops by reason per split, windows each feature's gaps touch)."""
         out: dict[str, int | float] = {}
         for name, split in self.splits.items():
             out.update({f"windows_{name}": split.size, f"rain_{name}": split.rain,
                         f"no_rain_{name}": split.no_rain, f"dropped_windows_{name}": split.dropped,
                         f"majority_share_{name}": round(split.majority_share, 4)})
+        if self.accounting:
+            out.update(accounting.flat(self.accounting))
         return out
-
-
-def rain_labels(precip: np.ndarray, horizon: int, threshold: float) -> np.ndarray:
-    """label[t] = 1.0 if precip over (t, t + horizon] sums above threshold, NaN if any of it is missing or beyond."""
-    n = len(precip)
-    missing = np.isnan(precip)
-    total = np.concatenate([[0.0], np.cumsum(np.where(missing, 0.0, precip))])
-    holes = np.concatenate([[0], np.cumsum(missing)])
-    labels = np.full(n, np.nan)
-    t = np.arange(max(n - horizon, 0))
-    future = total[t + horizon + 1] - total[t + 1]
-    known = (holes[t + horizon + 1] - holes[t + 1]) == 0
-    labels[t] = np.where(known, (future > threshold).astype(float), np.nan)
-    return labels
-
-
-def complete_windows(series: np.ndarray, window: int) -> np.ndarray:
-    """ok[t] is True when steps [t - window + 1, t] are all present (False for t < window - 1)."""
-    bad = np.concatenate([[0], np.cumsum(np.isnan(series).any(axis=1))])
-    ok = np.zeros(len(series), dtype=bool)
-    t = np.arange(window - 1, len(series))
-    ok[t] = (bad[t + 1] - bad[t + 1 - window]) == 0
-    return ok
-
-
-def split_bounds(n_steps: int, cfg: RunConfig) -> tuple[int, int]:
-    train_end = int(round(n_steps * cfg.data.train_fraction))
-    val_end = train_end + int(round(n_steps * cfg.data.val_fraction))
-    return train_end, min(val_end, n_steps)
 
 
 def effective_window(cfg: RunConfig, notes: list[str]) -> int:
@@ -125,85 +123,116 @@ def effective_window(cfg: RunConfig, notes: list[str]) -> int:
     return window
 
 
-def window_labels(cleaned: CleanResult, cfg: RunConfig) -> np.ndarray:
+def resolve(cfg: RunConfig, cleaned: CleanResult) -> RunConfig:
+    """The config with the data-dependent defaults filled in (max_fill from the data's time step)."""
+    return cfg if cfg.data.max_fill is not None else cfg.with_overrides(max_fill=cleaned.max_fill)
+
+
+def window_labels(cleaned: CleanResult, d: DataConfig) -> np.ndarray:
     """The label of the window ending at each step (float, NaN where unknown)."""
-    if cfg.data.label_col is not None:
-        return cleaned.frame[cfg.data.label_col].to_numpy(dtype=np.float64)
+    if d.label_col is not None:
+        return cleaned.frame[d.label_col].to_numpy(dtype=np.float64)
     precip = cleaned.frame[cleaned.report["precip_col"]].to_numpy(dtype=np.float64)
-    return rain_labels(precip, cfg.data.horizon, cfg.data.rain_threshold)
+    return rain_labels(precip, d.horizon, d.rain_threshold)
 
 
-def candidate_ends(first: int, last: int, window: int, cfg: RunConfig) -> np.ndarray:
-    """End steps of windows whose input starts at step >= 0, ending in [first, last - horizon), on the stride."""
-    ends = np.arange(max(first, window - 1), max(last - cfg.data.horizon, 0))
-    return ends[(ends - (window - 1)) % cfg.data.window_stride == 0]
+def window_accounting(cleaned: CleanResult, d: DataConfig) -> dict[str, Any]:
+    """The accounting of `clean`: windows of `seq_len` steps as given (the model may trim it to whole tokens)."""
+    columns = tuple(cleaned.features)
+    raw = cleaned.frame[list(columns)].to_numpy(dtype=np.float64)
+    carried = [c != cleaned.report.get("precip_col") for c in columns]
+    missing = np.isnan(carry_forward(raw, cleaned.max_fill, carried))
+    labels = window_labels(cleaned, d)
+    return accounting.select_windows(missing, labels, columns, d, d.seq_len, cleaned.max_fill)[1]
+
+
+def precipitation(cleaned: CleanResult) -> np.ndarray | None:
+    column = cleaned.report.get("precip_col")
+    return cleaned.frame[column].to_numpy(dtype=np.float64) if column else None
+
+
+def persistence_forecast(cleaned: CleanResult, d: DataConfig, labels: np.ndarray) -> np.ndarray:
+    return persistence(precipitation(cleaned), labels, d.horizon, d.rain_threshold)
 
 
 def prepare(cleaned: CleanResult, cfg: RunConfig) -> PreparedData:
-    """Label, split, scale and index a cleaned record for `cfg`; raise for settings the data cannot satisfy."""
+    """Label, split, scale, fill and index a cleaned record for `cfg`; raise for settings the data cannot satisfy."""
     notes: list[str] = []
     frame, d = cleaned.frame, cfg.data
     window = effective_window(cfg, notes)
-    raw = frame[list(cleaned.features)].to_numpy(dtype=np.float64)
-    labels = window_labels(cleaned, cfg)
-    n = len(frame)
-    train_end, val_end = split_bounds(n, cfg)
+    columns = tuple(cleaned.features)
+    raw = frame[list(columns)].to_numpy(dtype=np.float64)
+    labels = window_labels(cleaned, d)
+    train_end, val_end = split_bounds(len(frame), d)
     if window + d.horizon > train_end:
         raise ConfigError(
             f"seq_len {d.seq_len} (effective {window}) is longer than the training split allows: the training "
             f"split has {train_end} steps and a window needs {window} input steps plus horizon {d.horizon}; "
             "use a shorter seq_len, a larger train_fraction or more data")
-    scaler = StandardScaler().fit(raw[:train_end])  # NaN are ignored in fit and kept in transform
-    series = scaler.transform(raw).astype(np.float32)
-    usable = complete_windows(series, window) & ~np.isnan(labels)
-    ranges = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, n)}
+    scaler = StandardScaler().fit(raw[:train_end])  # NaN are ignored in fit
+    precip_col = cleaned.report.get("precip_col")
+    carried = [c != precip_col for c in columns]
+    still_missing = np.isnan(carry_forward(raw, cleaned.max_fill, carried))
+    policy = MissingPolicy.build(columns, d, cleaned.max_fill, precip_col, still_missing[:train_end])
+    series, missing = model_inputs(raw, scaler.mean_, scaler.scale_, policy)
+    ends, report = accounting.select_windows(missing, labels, columns, d, window, cleaned.max_fill)
+    ranges = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(frame))}
     splits = {}
     for name, (first, last) in ranges.items():
-        candidates = candidate_ends(first, last, window, cfg)
-        ends = candidates[usable[candidates]].astype(np.int64)
-        if len(ends) == 0:
+        counts = report["splits"][name]
+        if len(ends[name]) == 0:
             raise DataError(
-                f"the {name} split has no usable window ({len(candidates)} candidate windows, all touching a "
-                f"missing value or out of range); check the data's gaps, seq_len {d.seq_len} and the split fractions")
-        splits[name] = Split(name, ends, labels[ends].astype(np.int64), int(len(candidates) - len(ends)),
-                             first, last)
-    return PreparedData(series=series, dates=pd.DatetimeIndex(frame[d.date_col]), features=cleaned.features,
-                        window=window, horizon=d.horizon, splits=splits, scaler_mean=scaler.mean_,
-                        scaler_scale=scaler.scale_, notes=notes)
+                f"the {name} split has no usable window ({counts['candidates']} candidate windows: "
+                f"{counts['label_unknown']} with an unknown label, {counts['input_missing']} touching an input "
+                f"still missing after the fill); check the data's gaps (rain-mlflow clean shows them), "
+                f"seq_len {d.seq_len} and the split fractions" +
+                ("; --missing mask keeps windows with missing inputs" if d.missing == "exclude" else ""))
+        splits[name] = Split(name, ends[name], labels[ends[name]].astype(np.int64),
+                             counts["candidates"] - counts["kept"], first, last, counts["candidates"])
+    return PreparedData(series=series.astype(np.float32), raw=raw.astype(np.float32),
+                        dates=pd.DatetimeIndex(frame[d.date_col]), features=policy.variables, window=window,
+                        horizon=d.horizon, splits=splits, scaler_mean=scaler.mean_, scaler_scale=scaler.scale_,
+                        policy=policy, accounting=report,
+                        persistence=persistence_forecast(cleaned, d, labels), notes=notes)
 
 
 @dataclass(frozen=True)
 class EvalWindows:
-    """Windows to evaluate a trained model on, in the data's own units (the served model scales them itself)."""
+    """Windows to evaluate a trained model on, in the data's own units (the served model fills and scales them)."""
 
     raw: np.ndarray                     # float32 [T, C]
     ends: np.ndarray                    # int64 end step per window
     labels: np.ndarray                  # int64 0/1
-    rained_last_step: np.ndarray | None  # precipitation > 0 at each window's last step (persistence baseline)
+    persistence: np.ndarray             # int64 0/1 per window: rain in the last horizon (a baseline)
     end_dates: pd.DatetimeIndex
+    candidates: int
     dropped: int
     scope: str                          # "test split" or "all windows"
 
     def gather(self, ends: np.ndarray, window: int) -> np.ndarray:
-        return self.raw[ends[:, None] + np.arange(-window + 1, 1)[None, :]]
+        return gather(self.raw, ends, window)
 
 
-def evaluation_windows(cleaned: CleanResult, cfg: RunConfig, window: int, test_split_only: bool) -> EvalWindows:
+def evaluation_windows(cleaned: CleanResult, cfg: RunConfig, policy: MissingPolicy, window: int,
+                       test_split_only: bool) -> EvalWindows:
     """Every usable window of a record, or only those of its test split (the same windows training scored)."""
-    frame = cleaned.frame
-    raw = frame[list(cleaned.features)].to_numpy(dtype=np.float32)
-    labels = window_labels(cleaned, cfg)
+    frame, d = cleaned.frame, cfg.data
+    raw = frame[list(policy.columns)].to_numpy(dtype=np.float64)
+    labels = window_labels(cleaned, d)
     n = len(frame)
-    first = split_bounds(n, cfg)[1] if test_split_only else 0
-    candidates = candidate_ends(first, n, window, cfg)
-    usable = complete_windows(raw, window) & ~np.isnan(labels)
-    ends = candidates[usable[candidates]].astype(np.int64)
+    first = split_bounds(n, d)[1] if test_split_only else 0
+    candidates = candidate_ends(first, n, window, d.horizon)
+    usable = ~np.isnan(labels)
+    if policy.mode == "exclude":
+        still_missing = np.isnan(carry_forward(raw, policy.max_fill, policy.carried)).any(axis=1)
+        usable &= ~touching(still_missing, window)
+    ends = candidates[usable[candidates]]
     if len(ends) == 0:
-        raise DataError(f"no usable window to evaluate ({len(candidates)} candidates, all touching a missing value "
-                        f"or shorter than the model's window of {window} steps)")
-    precip_col = cleaned.report.get("precip_col")
-    rained = frame[precip_col].to_numpy()[ends] > 0 if precip_col else None
-    return EvalWindows(raw=raw, ends=ends, labels=labels[ends].astype(np.int64), rained_last_step=rained,
-                       end_dates=pd.DatetimeIndex(frame[cfg.data.date_col].to_numpy()[ends]),
-                       dropped=int(len(candidates) - len(ends)),
+        raise DataError(f"no usable window to evaluate ({len(candidates)} candidates, all with an unknown label"
+                        f"{' or touching a missing input' if policy.mode == 'exclude' else ''}, or the record is "
+                        f"shorter than the model's window of {window} steps)")
+    return EvalWindows(raw=raw.astype(np.float32), ends=ends, labels=labels[ends].astype(np.int64),
+                       persistence=persistence_forecast(cleaned, d, labels)[ends],
+                       end_dates=pd.DatetimeIndex(frame[d.date_col].to_numpy()[ends]),
+                       candidates=int(len(candidates)), dropped=int(len(candidates) - len(ends)),
                        scope="test split" if test_split_only else "all windows")

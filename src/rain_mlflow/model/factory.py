@@ -1,6 +1,8 @@
 """Building the classifier from a config, and the self-contained model the registry serves.
 
-`RainModel` takes raw windows in the data's own units, applies the training-split scaler that was fitted for it,
+`RainModel` takes raw windows in the data's own units, NaN where a reading is missing,
+applies the run's missing-value treatment itself (causal fill, training-mean fill, indicator variables:
+`data/missing.py`) and the training-split scaler that was fitted for it,
 and returns logits `[B, 2]` (index 1 = rain). It is never pickled: checkpoints (`best.pt`) are plain dicts loadable
 with `torch.load(..., weights_only=True)`, and the registered model (`serving.py`) rebuilds a RainModel from
 `best.pt` with `rain_model_from_payload`.
@@ -14,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from rain_mlflow.config import RunConfig
+from rain_mlflow.data.missing import MissingPolicy, model_inputs
 from rain_mlflow.model.classifier import RainClassifier
 
 
@@ -27,20 +30,26 @@ def build_classifier(cfg: RunConfig, n_vars: int) -> RainClassifier:
 
 
 class RainModel(nn.Module):
-    """Raw windows [B, window, C] in the data's units (feature order `features`) -> logits [B, 2]."""
+    """Raw windows [B, window, C] in the data's units (column order `features`, NaN = missing) -> logits [B, 2].
+
+    `variables` are what the classifier sees: the data columns, then the indicator variables (`missing:...`).
+    """
 
     def __init__(self, classifier: RainClassifier, mean: Any, scale: Any, features: list[str], window: int,
                  config: dict[str, Any] | None = None):
         super().__init__()
-        self.config = config or {}  # the training RunConfig as a dict: label rule, columns, split
+        self.config = config or {}  # the training RunConfig as a dict: label rule, columns, split, missing policy
         self.classifier = classifier
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
-        self.features = list(features)
+        self.variables = list(features)
+        self.policy = MissingPolicy.from_variables(self.variables, self.config.get("data", {}))
+        self.features = list(self.policy.columns)
         self.window = int(window)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier((x - self.mean) / self.scale)
+        inputs, _ = model_inputs(x.float(), self.mean, self.scale, self.policy)
+        return self.classifier(inputs)
 
     @torch.no_grad()
     def rain_probability(self, x: Tensor) -> Tensor:

@@ -8,10 +8,10 @@ MLflow runs that file and calls `RainPyfunc.load_context`, which reads `best.pt`
 `rain_model_from_payload`. A pickled `PythonModel` or `mlflow.pytorch` model would instead run whatever code the
 pickle names, which is why loading those from a shared server is unsafe.
 
-Input (the model signature): float32 windows `[batch, window, n_vars]` in the data's own units, columns in the
-order of the training features (`model.features`; the same order as the training CSV's feature columns). Output:
-float32 `[batch]`, the probability of rain in the label horizon. The served model applies the training-split
-scaler itself.
+Input (the model signature): float32 windows `[batch, window, n_columns]` in the data's own units, NaN where a
+reading is missing, columns in the order of the training data columns (`model.features`). Output: float32
+`[batch]`, the probability of rain in the label horizon. The served model applies the run's missing-value
+treatment (docs/data.md) and the training-split scaler itself.
 """
 
 from __future__ import annotations

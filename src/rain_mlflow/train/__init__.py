@@ -22,7 +22,8 @@ import torch
 from rain_mlflow import weights
 from rain_mlflow.config import RunConfig
 from rain_mlflow.data import load_clean
-from rain_mlflow.data.dataset import PreparedData, prepare
+from rain_mlflow.data.dataset import PreparedData, prepare, resolve
+from rain_mlflow.data.windows import gather
 from rain_mlflow.diagnostics.rules import format_duration
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import load_pretrained_backbone
@@ -31,8 +32,9 @@ from rain_mlflow.model.transfer import shapes_of
 from rain_mlflow.train import checkpoint
 from rain_mlflow.train.dry_run import dry_run_report
 from rain_mlflow.train.loop import FitResult, NonFiniteLoss, TrainState, fit
+from rain_mlflow.train.baselines import prepared_baselines, skill
+from rain_mlflow.train.baselines import verdict as baseline_verdict
 from rain_mlflow.train.oom import is_out_of_memory, out_of_memory
-from rain_mlflow.train.metrics import baselines
 from rain_mlflow.train.precision import Precision, select_device, select_precision
 from rain_mlflow.train.resume import RESUMABLE_OVERRIDES, resume_source
 
@@ -52,6 +54,7 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
         cfg, resume_payload = resume_source(resume, overrides or {}, reschedule=reschedule, force=force)
     assert cfg is not None
     raw, cleaned = load_clean(cfg.data)
+    cfg = resolve(cfg, cleaned)
     data = prepare(cleaned, cfg)
     device = select_device(cfg.train.device)
     precision = select_precision(cfg.train.amp, device)
@@ -142,7 +145,8 @@ def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, cl
     n_params = sum(p.numel() for p in model.parameters())
     params = {**cfg.flat(), "n_params": n_params, "effective_seq_len": data.window,
               "tokens_per_sample": data.n_vars * (data.window // cfg.model.input_token_len),
-              "n_vars": data.n_vars, "feature_columns": ",".join(data.features),
+              "n_vars": data.n_vars, "feature_columns": ",".join(data.columns),
+              "indicator_variables": ",".join(data.policy.indicators) if data.policy else "",
               "freq": clean_report["freq"], "runtime_device": str(precision.device),
               "runtime_precision": precision.name, "torch_version": torch.__version__,
               **data.class_counts()}
@@ -155,7 +159,7 @@ def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, cl
     tracker.set_tags({"data_digest": digest, "diagnosis": "ok"})
     tracker.log_dict({**cfg.to_dict(), "effective_seq_len": data.window, "features": list(data.features)},
                      "config.json")
-    tracker.log_dict(clean_report, "cleaning_report.json")
+    tracker.log_dict({**clean_report, "windows": data.accounting}, "cleaning_report.json")
     for note in data.notes:
         tracker.set_tags({"warning.seq_len": note})
 
@@ -274,11 +278,15 @@ def _finish(tracker: Any, cfg: RunConfig, data: PreparedData, result: FitResult,
 
     state = result.state
     best = state.history[state.best_epoch] if state.best_epoch else {}
+    bars = prepared_baselines(data)
     summary = {"best_epoch": state.best_epoch, "best_val_loss": best.get("val_loss"),
                "best_val_accuracy": best.get("val_accuracy"), "best_val_f1": best.get("val_f1"),
                "best_test_accuracy": best.get("test_accuracy"), "best_test_f1": best.get("test_f1"),
-               "epochs_completed": state.epoch,
-               **baselines("val", data.splits["val"].labels), **baselines("test", data.splits["test"].labels)}
+               "best_test_mcc": best.get("test_mcc"), "epochs_completed": state.epoch, **bars}
+    if best:
+        gains = skill("test", {"f1": best["test_f1"], "mcc": best["test_mcc"]}, bars)
+        summary.update({k: v for k, v in gains.items() if not isinstance(v, str)})
+        tracker.set_tags({k: v for k, v in gains.items() if isinstance(v, str)})
     if result.stopped_by:
         summary["time_saved_s"] = result.time_saved_s
     tracker.log_metrics(summary, step=0)
@@ -305,9 +313,8 @@ def _finish(tracker: Any, cfg: RunConfig, data: PreparedData, result: FitResult,
 
 def _log_serving_model(tracker: Any, data: PreparedData, best_path: Path) -> str:
     payload = checkpoint.load(best_path)
-    ends = data.splits["val"].ends[:2]
-    example = (data.gather(ends) * data.scaler_scale + data.scaler_mean).astype("float32")
-    return tracker.log_model(best_path, int(payload["window"]), len(payload["features"]), input_example=example,
+    example = gather(data.raw, data.splits["val"].ends[:2], data.window)  # raw windows (NaN = missing): the input
+    return tracker.log_model(best_path, int(payload["window"]), len(data.columns), input_example=example,
                              step=int(payload["epoch"]))
 
 
@@ -319,8 +326,11 @@ def _note(cfg: RunConfig, state: TrainState, s: dict, result: FitResult, diagnos
               f"early-stopped after epoch {state.epoch} (patience {cfg.train.patience})" if result.early_stopped
               else f"ran all {state.epoch} epochs")
     mean_time = sum(h["epoch_time_s"] for h in state.history.values()) / len(state.history)
+    best = state.history[state.best_epoch]
+    windows = f"the {int(best['test_windows'])} test windows" if "test_windows" in best else "the test windows"
+    against = baseline_verdict("test", {"f1": best["test_f1"], "mcc": best["test_mcc"]}, s, windows)
     return (f"{cfg.preset}: best epoch {state.best_epoch} by {cfg.train.early_stop_metric}: val F1 "
             f"{s['best_val_f1']:.3f} (always-rain {s['val_always_rain_f1']:.3f}), val accuracy "
             f"{s['best_val_accuracy']:.1%} (majority {s['val_majority_accuracy']:.1%}), test accuracy "
-            f"{s['best_test_accuracy']:.1%}, val MCC {state.history[state.best_epoch]['val_mcc']:+.3f}; "
+            f"{s['best_test_accuracy']:.1%}, val MCC {best['val_mcc']:+.3f}; {against}; "
             f"{ending}; {mean_time:.1f} s/epoch; diagnosis: {diagnosis}.")

@@ -10,6 +10,7 @@ import torch
 
 from rain_mlflow import weights
 from rain_mlflow.config import RunConfig
+from rain_mlflow.data import accounting
 from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.diagnostics.rules import format_duration
 from rain_mlflow.train.estimate import Estimate, estimate
@@ -33,8 +34,11 @@ def dry_run_report(cfg: RunConfig, data: PreparedData, report: dict, model: torc
          f"{report['end']}), features {', '.join(data.features)}")
     for name, split in data.splits.items():
         echo(f"  {name:5} {split.size:>7} windows  rain {split.rain:>7} ({split.rain / split.size:.1%})  "
-             f"no rain {split.no_rain:>7}  majority share {split.majority_share:.1%}  "
-             f"dropped (touch missing values) {split.dropped}")
+             f"no rain {split.no_rain:>7}  majority share {split.majority_share:.1%}")
+    for line in accounting.lines(data.accounting):
+        echo(line)
+    if data.policy and data.policy.indicators:
+        echo(f"  missing inputs: training mean plus indicator variable(s) {', '.join(data.policy.indicators)}")
     for note in data.notes:
         echo(f"  note: {note}")
     echo(f"model: {est.n_params:,} parameters ({est.n_trainable:,} trainable); window {data.window} steps = "
@@ -69,7 +73,9 @@ def _dry_run_summary(cfg: RunConfig, data: PreparedData, report: dict, est: Esti
     return {
         "dry_run": True, "preset": cfg.preset, "config": cfg.to_dict(),
         "data": {k: report.get(k) for k in ("source", "steps", "freq", "start", "end")} | {
-            "features": list(data.features), "n_vars": data.n_vars, "window": data.window, "notes": data.notes},
+            "features": list(data.features), "n_vars": data.n_vars, "window": data.window, "notes": data.notes,
+            "indicator_variables": list(data.policy.indicators) if data.policy else []},
+        "accounting": data.accounting,
         "windows": {name: {"windows": s.size, "rain": s.rain, "no_rain": s.no_rain,
                            "majority_share": s.majority_share, "dropped": s.dropped}
                     for name, s in data.splits.items()},

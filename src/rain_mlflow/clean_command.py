@@ -1,4 +1,8 @@
-"""The `clean` command: clean a record, write the cleaned CSV and the JSON report, track both in MLflow."""
+"""The `clean` command: clean a record, write the cleaned CSV and the JSON report, track both in MLflow.
+
+The rules themselves live in `data/clean.py`; this module only runs them, adds the window accounting (how many
+windows of `--seq-len` steps each split keeps, what each feature's gaps cost) and writes / tracks the results.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ from pathlib import Path
 import click
 
 from rain_mlflow.config import DataConfig
-from rain_mlflow.data import load_clean
+from rain_mlflow.data import accounting, load_clean
 from rain_mlflow.data.clean import summary_lines
+from rain_mlflow.data.dataset import window_accounting
 from rain_mlflow.data.io import write_csv_atomic, write_json_atomic
 from rain_mlflow.tracking import Tracker, connect
 
-CLEAN_SETTINGS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq", "max_gap",
-                  "max_missing_fraction")
+CLEAN_SETTINGS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq", "max_fill",
+                  "missing", "max_missing_fraction", "seq_len", "horizon", "rain_threshold", "window_stride",
+                  "train_fraction", "val_fraction", "test_fraction")
 
 
 def default_report_path(output: str) -> str:
@@ -26,24 +32,27 @@ def run_clean(cfg: DataConfig, output: str, report_path: str | None = None,
     """Validate and clean first (nothing is written or tracked for unusable data), then write and track."""
     raw, result = load_clean(cfg)
     report_path = report_path or default_report_path(output)
-    report = {**result.report, "output": str(Path(output).resolve())}
+    report = {**result.report, "windows": window_accounting(result, cfg), "output": str(Path(output).resolve())}
     connect(experiment)
     with Tracker.start("clean", run_name="clean") as tracker:
         write_csv_atomic(result.frame, output)
         write_json_atomic(report, report_path)
-        tracker.log_params({k: getattr(cfg, k) for k in CLEAN_SETTINGS})
+        tracker.log_params({**{k: getattr(cfg, k) for k in CLEAN_SETTINGS}, "resolved_max_fill": result.max_fill,
+                            **accounting.flat(report["windows"])})
         digest = tracker.log_input(raw, source=result.report["source"], name="raw", context="raw")
         tracker.log_artifact(output, "cleaned")
         tracker.log_artifact(report_path, "cleaned")
-        gaps = report["gaps"]
+        gaps, columns = report["gaps"], report["columns"].values()
         tracker.log_metrics({
             "rows_in": report["rows_in"], "steps": report["steps"], "duplicates_dropped": report["duplicates_dropped"],
             "gaps": gaps["count"], "gap_steps": gaps["missing_steps"], "features": len(report["features"]),
             "dropped_features": len(report["dropped_features"]),
-            "interpolated_values": sum(c["interpolated"] for c in report["columns"].values()),
-            "missing_values": sum(c["missing_after"] for c in report["columns"].values()),
+            "missing_values": sum(c["missing"] for c in columns),
+            "filled_values": sum(c["filled"] for c in columns),
+            "missing_after_fill": sum(c["missing_after_fill"] for c in columns),
+            **{f"windows_{name}": s["kept"] for name, s in report["windows"]["splits"].items()},
         }, step=0)
-        lines = summary_lines(report)
+        lines = summary_lines(report) + accounting.lines(report["windows"])
         tracker.set_note("Cleaned " + "; ".join(lines[:3]))
         tracker.set_tags({"data_digest": digest})
         run_id = tracker.run_id
