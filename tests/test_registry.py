@@ -34,7 +34,7 @@ def runs(tmp_path_factory, synthetic_csv):
     os.chdir(tmp)
     base = ["train", "--preset", "smoke", "--data", str(synthetic_csv), "--train-epochs", "3",
             "--experiment", EXPERIMENT]
-    variants = {"good_a": ["--learning-rate", "1e-3"], "good_b": ["--seed", "7", "--learning-rate", "1e-3"],
+    variants = {"good_a": ["--learning-rate", "3e-4"], "good_b": ["--seed", "7", "--learning-rate", "3e-4"],
                 "stalled": ["--learning-rate", "1e-12", "--stop-on", ""]}
     ids = {}
     try:

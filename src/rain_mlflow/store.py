@@ -42,7 +42,8 @@ PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKO
 COMMAND_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
 LOCKED_RETRY_S = 60.0   # how long a write waits for other sqlite writers, on top of sqlite's own 20 s busy timeout
 
-_checked: dict[str, str | None] = {}   # uri -> None when it answered, else the problem
+# (uri, user, password) -> None when it answered, else the problem: other credentials get their own answer
+_checked: dict[tuple[str, str | None, str | None], str | None] = {}
 lock_waits = 0                         # writes that waited for another sqlite writer (bench_sqlite_writers.py)
 
 
@@ -72,16 +73,21 @@ def use_store() -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if uri not in _checked:
-        _checked[uri] = _first_contact(uri)
-    if _checked[uri]:
-        raise StoreError(_checked[uri])
+    key = _key(uri)
+    if key not in _checked:
+        _checked[key] = _first_contact(uri)
+    if _checked[key]:
+        raise StoreError(_checked[key])
     return uri
 
 
 def reachable(uri: str | None = None) -> bool:
     """False when this process already found the store unreachable (then nobody should wait on it again)."""
-    return not _checked.get(uri or tracking_uri())
+    return not _checked.get(_key(uri or tracking_uri()))
+
+
+def _key(uri: str) -> tuple[str, str | None, str | None]:
+    return uri, os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
 
 
 def check_sqlite_file(uri: str) -> None:
@@ -183,8 +189,8 @@ def store_error(exc: BaseException) -> StoreError | None:
     if not request_failed or problem.startswith("cannot be used"):
         return None
     uri = tracking_uri()
-    _checked[uri] = f"tracking store {shown(uri)} {problem}"
-    return StoreError(_checked[uri])
+    _checked[_key(uri)] = f"tracking store {shown(uri)} {problem}"
+    return StoreError(_checked[_key(uri)])
 
 
 def retry_locked(write: Callable[[], T], what: str) -> T:
