@@ -86,7 +86,7 @@ def field_values(name: str, workdir: Path) -> st.SearchStrategy[str]:
     base, optional = field_type(name)
     choices: list[st.SearchStrategy[str]] = []
     if spec.get("duration"):   # a step count or a duration: neither a number nor a fixed duration, or too small
-        from rain_mlflow.config import duration_of
+        from rain_mlflow.durations import duration_of
 
         choices += [not_a_number(int).filter(lambda t: duration_of(t) is None), out_of_range(int, spec),
                     st.sampled_from(["-2h", "1M", "3Y", "nan"] + (["0h"] if spec["min"] else []))]

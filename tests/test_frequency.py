@@ -21,7 +21,7 @@ from rain_mlflow import presets
 from rain_mlflow.config import DataConfig, RunConfig
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import prepare, resolve
-from rain_mlflow.errors import ConfigError, DataError
+from rain_mlflow.errors import ConfigError
 from rain_mlflow.synth import observed_at, synthetic_frame
 from tests.conftest import REPO, assert_user_error, run_env
 

@@ -14,7 +14,7 @@ from rain_mlflow.config import DataConfig
 from rain_mlflow.data import accounting, load_clean
 from rain_mlflow.data.clean import summary_lines
 from rain_mlflow.data.dataset import window_accounting
-from rain_mlflow.data.timing import time_params, time_settings
+from rain_mlflow.data.timing import time_line, time_params, time_settings
 from rain_mlflow.data.io import write_csv_atomic, write_json_atomic
 from rain_mlflow.tracking import Tracker, connect
 
@@ -55,7 +55,7 @@ def run_clean(cfg: DataConfig, output: str, report_path: str | None = None,
             "missing_after_fill": sum(c["missing_after_fill"] for c in columns),
             **{f"windows_{name}": s["kept"] for name, s in report["windows"]["splits"].items()},
         }, step=0)
-        lines = summary_lines(report) + accounting.lines(report["windows"])
+        lines = summary_lines(report) + [time_line(report["time_settings"])] + accounting.lines(report["windows"])
         tracker.set_note("Cleaned " + "; ".join(lines[:3]))
         tracker.set_tags({"data_digest": digest})
         run_id = tracker.run_id

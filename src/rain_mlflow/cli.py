@@ -394,7 +394,9 @@ def presets_command() -> None:
                    f"{c.data.seq_len:>7} {c.train.batch_size:>5} {c.train.learning_rate:>7g} "
                    f"{c.train.train_epochs:>6} {budget:>7}  {'yes' if c.model.pretrain_model_path else 'no':10}  "
                    f"{preset.summary}")
-    click.echo("\nEvery field can be overridden: `rain-mlflow train --preset small --seq-len 1440` or "
+    click.echo("\nseq_len is in steps, chosen for hourly data (720 = 30 days, 1440 = 60 days); on other data give a "
+               "duration (--seq-len 60d). The label horizon is 24h whatever the time step.")
+    click.echo("Every field can be overridden: `rain-mlflow train --preset small --seq-len 1440` or "
                "`mlflow run . -e train -P preset=small -P seq_len=1440`. Show all fields of one preset with "
                "`rain-mlflow train --preset NAME --dry-run`.")
 

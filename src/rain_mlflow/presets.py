@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from rain_mlflow.config import DataConfig, ModelConfig, RunConfig, TrainConfig, data_kind, describe_span, steps_text
+from rain_mlflow.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from rain_mlflow.durations import data_kind, describe_span, steps_text
 from rain_mlflow.errors import ConfigError
 from rain_mlflow.weights import DEFAULT_RELEASE
 

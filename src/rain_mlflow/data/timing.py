@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from rain_mlflow.config import TIME_FIELDS, DataConfig, describe_span
+from rain_mlflow.config import TIME_FIELDS, DataConfig
+from rain_mlflow.durations import describe_span, steps_text
 
 
 def time_settings(given: DataConfig, steps: DataConfig, step: pd.Timedelta) -> dict[str, Any]:
@@ -26,3 +27,10 @@ def time_params(settings: dict[str, Any]) -> dict[str, str]:
     """The durations as run params: horizon_duration, seq_len_duration, ..., time_step."""
     return {"time_step": settings["time_step"],
             **{f"{name}_duration": settings[name]["duration"] for name in TIME_FIELDS}}
+
+
+def time_line(settings: dict[str, Any]) -> str:
+    """One line: `time step 1 day: seq_len 60d = 60 steps (60 days), horizon 24h = 1 step (1 day), ...`."""
+    parts = [f"{name} {'default' if s['given'] is None else s['given']} = {steps_text(s['steps'])} ({s['duration']})"
+             for name, s in settings.items() if isinstance(s, dict)]
+    return f"time step {settings['time_step']}: " + ", ".join(parts)
