@@ -85,7 +85,12 @@ def field_values(name: str, workdir: Path) -> st.SearchStrategy[str]:
     spec = FIELDS[name].metadata
     base, optional = field_type(name)
     choices: list[st.SearchStrategy[str]] = []
-    if base in (int, float):
+    if spec.get("duration"):   # a step count or a duration: neither a number nor a fixed duration, or too small
+        from rain_mlflow.durations import duration_of
+
+        choices += [not_a_number(int).filter(lambda t: duration_of(t) is None), out_of_range(int, spec),
+                    st.sampled_from(["-2h", "1M", "3Y", "nan"] + (["0h"] if spec["min"] else []))]
+    elif base in (int, float):
         choices += [not_a_number(base), out_of_range(base, spec)]
     elif base is bool:
         choices.append(WORDS.filter(lambda t: t.lower() not in TRUE_FALSE))

@@ -282,7 +282,7 @@ def test_mlflow_run_transfer_from_a_url_logs_where_the_weights_came_from(store, 
     result = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
          "--experiment-name", "transfer", "-P", "preset=transfer", "-P", f"pretrain_model_path={url}",
-         "-P", f"data={three_hourly_year}", "-P", "seq_len=192", "-P", "window_stride=24",
+         "-P", f"data={three_hourly_year}", "-P", "seq_len=192", "-P", "window_stride=12",
          "-P", "freeze_epochs=1", "-P", "train_epochs=1"],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

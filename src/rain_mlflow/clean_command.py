@@ -14,6 +14,7 @@ from rain_mlflow.config import DataConfig
 from rain_mlflow.data import accounting, load_clean
 from rain_mlflow.data.clean import summary_lines
 from rain_mlflow.data.dataset import window_accounting
+from rain_mlflow.data.timing import time_line, time_params, time_settings
 from rain_mlflow.data.io import write_csv_atomic, write_json_atomic
 from rain_mlflow.tracking import Tracker, connect
 
@@ -31,14 +32,16 @@ def run_clean(cfg: DataConfig, output: str, report_path: str | None = None,
               experiment: str | None = None) -> dict:
     """Validate and clean first (nothing is written or tracked for unusable data), then write and track."""
     raw, result = load_clean(cfg)
+    steps = cfg.in_steps(result.step)  # durations -> steps of the data's time step (errors before anything is written)
     report_path = report_path or default_report_path(output)
-    report = {**result.report, "windows": window_accounting(result, cfg), "output": str(Path(output).resolve())}
+    report = {**result.report, "windows": window_accounting(result, steps), "output": str(Path(output).resolve()),
+              "time_settings": time_settings(cfg, steps, result.step)}
     connect(experiment)
     with Tracker.start("clean", run_name="clean") as tracker:
         write_csv_atomic(result.frame, output)
         write_json_atomic(report, report_path)
-        tracker.log_params({**{k: getattr(cfg, k) for k in CLEAN_SETTINGS}, "resolved_max_fill": result.max_fill,
-                            **accounting.flat(report["windows"])})
+        tracker.log_params({**{k: getattr(steps, k) for k in CLEAN_SETTINGS}, "resolved_max_fill": result.max_fill,
+                            **time_params(report["time_settings"]), **accounting.flat(report["windows"])})
         digest = tracker.log_input(raw, source=result.report["source"], name="raw", context="raw")
         tracker.log_artifact(output, "cleaned")
         tracker.log_artifact(report_path, "cleaned")
@@ -52,7 +55,7 @@ def run_clean(cfg: DataConfig, output: str, report_path: str | None = None,
             "missing_after_fill": sum(c["missing_after_fill"] for c in columns),
             **{f"windows_{name}": s["kept"] for name, s in report["windows"]["splits"].items()},
         }, step=0)
-        lines = summary_lines(report) + accounting.lines(report["windows"])
+        lines = summary_lines(report) + [time_line(report["time_settings"])] + accounting.lines(report["windows"])
         tracker.set_note("Cleaned " + "; ".join(lines[:3]))
         tracker.set_tags({"data_digest": digest})
         run_id = tracker.run_id

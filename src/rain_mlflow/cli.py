@@ -1,7 +1,7 @@
 """The `rain-mlflow` command line: validate the input, build the frozen config, call one library function.
 
 Every config field is an option of `train` (`--seq-len`, also spelled `--seq_len` because `mlflow run` passes an
-undeclared `-P seq_len=...` verbatim). Options default to "keep the preset's value"; the defaults themselves live
+undeclared `-P seq_len=...` verbatim). Time settings (`--horizon 24h`, `--seq-len 60d`) take steps or a duration. Options default to "keep the preset's value"; the defaults themselves live
 in `config.py` / `presets.py`. Every user error ends with exit code 2 and one `error:` line on stderr.
 """
 
@@ -45,7 +45,8 @@ def config_options(names: Iterable[str]) -> Callable:
                 help_text += " [true/false]"
             dashed = "--" + name.replace("_", "-")
             spellings = [dashed] if dashed == f"--{name}" else [dashed, f"--{name}"]
-            command = click.option(*spellings, name, default=None, metavar=_metavar(base), help=help_text,
+            metavar = "N|DURATION" if FIELDS[name].metadata.get("duration") else _metavar(base)
+            command = click.option(*spellings, name, default=None, metavar=metavar, help=help_text,
                                    **extra)(command)
         return command
     return decorate
@@ -393,7 +394,9 @@ def presets_command() -> None:
                    f"{c.data.seq_len:>7} {c.train.batch_size:>5} {c.train.learning_rate:>7g} "
                    f"{c.train.train_epochs:>6} {budget:>7}  {'yes' if c.model.pretrain_model_path else 'no':10}  "
                    f"{preset.summary}")
-    click.echo("\nEvery field can be overridden: `rain-mlflow train --preset small --seq-len 1440` or "
+    click.echo("\nseq_len is in steps, chosen for hourly data (720 = 30 days, 1440 = 60 days); on other data give a "
+               "duration (--seq-len 60d). The label horizon is 24h whatever the time step.")
+    click.echo("Every field can be overridden: `rain-mlflow train --preset small --seq-len 1440` or "
                "`mlflow run . -e train -P preset=small -P seq_len=1440`. Show all fields of one preset with "
                "`rain-mlflow train --preset NAME --dry-run`.")
 

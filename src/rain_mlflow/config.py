@@ -4,6 +4,11 @@ Flow: CLI / MLproject -> `presets.build(name, overrides)` -> `RunConfig` -> data
 Every field name is unique across sections, so an override `seq_len=1440` (CLI `--seq-len`, MLproject
 `-P seq_len=1440`) finds its section by name. Each field carries its help text and its rule in `metadata`; one
 generic check (`_check_fields`) enforces the rules, so messages always name the field, the value and what is allowed.
+
+Time settings (`horizon`, `seq_len`, `window_stride`, `max_fill`) take a step count (`24`) or a duration (`24h`,
+`3h`, `60d`: pandas offset aliases). The config a user builds holds them as given; once the data's time step is
+known, `RunConfig.in_steps(step)` returns the resolved config (every time setting a step count, `max_fill`'s
+default filled in), and everything downstream (windows, labels, the model, checkpoints) reads that one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+import pandas as pd
+
+from rain_mlflow.durations import parse_time, steps_of
 from rain_mlflow.errors import ConfigError
 
 MODEL_NAME = "rain-timerxl-classifier"  # the registered model `promote` writes and `test` reads
@@ -31,6 +39,7 @@ POOLINGS = ("last", "mean", "attention")  # must equal rain_mlflow.model.POOLING
 MISSING_MODES = ("mask", "exclude")
 MISSING_INDICATORS = ("one", "per_feature")
 DEFAULT_MAX_FILL_HOURS = 6.0  # max_fill when not set: a reading is carried forward over at most 6 h of steps
+TIME_FIELDS = ("seq_len", "horizon", "window_stride", "max_fill")  # a step count or a duration (`24h`, `60d`)
 DIAGNOSIS_FLAGS = (
     "stalled", "oscillating", "val_test_divergence", "val_loss_not_improving",
     "vram_over_budget", "class_collapse", "non_finite_loss", "dead_run",
@@ -52,9 +61,11 @@ class DataConfig:
     label_col: str | None = _f(None, "existing 0/1 label column (then no precipitation rule is applied)")
     features: tuple[str, ...] | None = _f(None, "comma-separated input columns (default: every other numeric column)")
     na_values: tuple[str, ...] = _f((), "extra cell values that mean 'missing', e.g. -999,-9999")
-    freq: str | None = _f(None, "time step, e.g. 1h or 3h (default: inferred from the timestamps)")
-    max_fill: int | None = _f(None, "carry the last reading of a feature forward over at most this many missing "
-                                    "steps (causal; precipitation is never carried; default: 6 h of steps)", min=0)
+    freq: str | None = _f(None, "time step, e.g. 1h or 3h (default: inferred from the timestamps); a record "
+                                "observed at a few fixed hours a day is resampled to it (default 1D)")
+    max_fill: int | str | None = _f(None, "carry the last reading of a feature forward over at most this many "
+                                          "missing steps or this long (6, 6h; causal; precipitation is never "
+                                          "carried; default: 6 h of steps)", min=0, duration=True)
     missing: str = _f("mask", "inputs still missing after the fill: mask (training mean plus a missingness "
                               "indicator variable) or exclude (drop every window touching one)",
                       choices=MISSING_MODES)
@@ -63,16 +74,22 @@ class DataConfig:
                                         "variable, i.e. attention cost)", choices=MISSING_INDICATORS)
     max_missing_fraction: float = _f(0.5, "drop a feature missing in more than this share of the training "
                                           "period's steps", min=0.0, max=1.0)
-    horizon: int = _f(24, "label looks this many steps ahead: rain if precipitation over (t, t+horizon] "
-                          "exceeds rain_threshold", min=1)
+    horizon: int | str = _f("24h", "label looks this far ahead, in steps (24) or as a duration (24h, 1d): rain if "
+                                   "precipitation over (t, t+horizon] exceeds rain_threshold", min=1, duration=True)
     rain_threshold: float = _f(0.1, "precipitation total (column unit) above which the horizon counts as rain",
                                min=0.0)
-    seq_len: int = _f(720, "input window length in steps (trimmed from the oldest end to a multiple of "
-                           "input_token_len)", min=1)
-    window_stride: int = _f(1, "use every k-th window (1 = every step)", min=1)
+    seq_len: int | str = _f(720, "input window in steps (720) or as a duration (30d); trimmed from the oldest "
+                                 "end to a multiple of input_token_len", min=1, duration=True)
+    window_stride: int | str = _f(1, "use every k-th training window, in steps (6) or as a duration (6h)", min=1,
+                                  duration=True)
     train_fraction: float = _f(0.6, "share of the timeline used for training (chronological)", gt=0.0, max=1.0)
     val_fraction: float = _f(0.2, "share of the timeline used for validation", gt=0.0, max=1.0)
     test_fraction: float = _f(0.2, "share of the timeline used for testing", gt=0.0, max=1.0)
+    min_class_share: float = _f(0.02, "refuse to train when a split has less than this share of either class "
+                                      "(a degenerate task)", min=0.0, lt=0.5)
+    min_windows: int = _f(100, "refuse to train when a split has fewer usable windows than this", min=0)
+    allow_degenerate: bool = _f(False, "train even when a split breaks min_class_share or min_windows "
+                                       "(experiments)")
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -86,6 +103,18 @@ class DataConfig:
                 "train_fraction + val_fraction + test_fraction must sum to 1; got "
                 f"{self.train_fraction} + {self.val_fraction} + {self.test_fraction} = {total:g}"
             )
+
+    def in_steps(self, step: pd.Timedelta) -> DataConfig:
+        """This config with every time setting a step count of `step` (and max_fill's default filled in)."""
+        steps = {name: steps_of(name, getattr(self, name), step, FIELDS[name].metadata["min"])
+                 for name in TIME_FIELDS if getattr(self, name) is not None}
+        if self.max_fill is None:
+            steps["max_fill"] = int(math.floor(pd.Timedelta(hours=DEFAULT_MAX_FILL_HOURS) / step))
+        return dataclasses.replace(self, **steps)
+
+    @property
+    def resolved(self) -> bool:
+        return all(isinstance(getattr(self, name), int) for name in TIME_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -176,15 +205,22 @@ class RunConfig:
     train: TrainConfig
 
     def __post_init__(self) -> None:
-        if self.data.seq_len < self.model.input_token_len:
+        if isinstance(self.data.seq_len, int) and self.data.seq_len < self.model.input_token_len:
             raise ConfigError(
                 f"seq_len must be at least input_token_len ({self.model.input_token_len}) to hold one token; "
                 f"got {self.data.seq_len}"
             )
 
+    def in_steps(self, step: pd.Timedelta) -> RunConfig:
+        """The resolved config for data of time step `step` (see `DataConfig.in_steps`); validated again."""
+        return dataclasses.replace(self, data=self.data.in_steps(step))
+
     @property
     def effective_seq_len(self) -> int:
         """The window length actually fed to the model: the oldest remainder steps are dropped."""
+        if not isinstance(self.data.seq_len, int):
+            raise ConfigError(f"seq_len {self.data.seq_len!r} is a duration: resolve the config against the "
+                              "data's time step first (RunConfig.in_steps)")
         return self.data.seq_len - self.data.seq_len % self.model.input_token_len
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
@@ -237,7 +273,7 @@ def field_type(name: str) -> tuple[type, bool]:
     optional = False
     if typing.get_origin(hint) in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional, hint = True, args[0]
+        optional, hint = len(args) < len(typing.get_args(hint)), args[0]
     base = tuple if typing.get_origin(hint) is tuple else hint
     return base, optional
 
@@ -261,6 +297,8 @@ def coerce(name: str, value: Any) -> Any:
         text = value.strip()
         if optional and text.lower() in ("", "none", "null"):
             return None
+        if FIELDS[name].metadata.get("duration"):
+            return parse_time(name, text, FIELDS[name].metadata["min"])
         try:
             if base is bool:
                 return parse_bool(name, text)
@@ -291,6 +329,9 @@ def _check_fields(section: Any) -> None:
                 raise ConfigError(f"{f.name} must be set; got None")
             continue
         base, _ = field_type(f.name)
+        if rule.get("duration"):
+            parse_time(f.name, value, rule["min"])
+            continue
         if base is str and not value.strip():
             raise ConfigError(f"{f.name} must not be empty; got {value!r}")
         if "pattern" in rule and not re.fullmatch(rule["pattern"], value):

@@ -3,7 +3,9 @@
 Each preset is a function returning a complete `RunConfig`; variants start from a base and change a few fields,
 so the difference between two presets is visible in a few lines. The numbers come from the user's notes
 (`seeds/000...md`, `seeds/001...md`): the validated small model, the two runs that failed on 11 years of data
-(kept for comparison) and the corrected configurations recommended afterwards.
+(kept for comparison) and the corrected configurations recommended afterwards. Their windows and tokens are step
+counts chosen for hourly data (720 h = 30 days, 1440 h = 60 days, 2880 h = 120 days); the horizon is a duration
+(24h). On data of another time step, `time_meaning` says what the steps mean there (dry run and run start).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from rain_mlflow.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from rain_mlflow.durations import data_kind, describe_span, steps_text
 from rain_mlflow.errors import ConfigError
 from rain_mlflow.weights import DEFAULT_RELEASE
 
@@ -132,3 +137,36 @@ def build(name: str, overrides: dict[str, Any] | None = None) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name].build().with_overrides(**(overrides or {}))
+
+
+# ---- what a preset means in time ----------------------------------------------------------------------------------
+
+PRESET_STEP = pd.Timedelta(hours=1)  # every preset's step counts were chosen for hourly data (the seeds' record)
+RELEASED_TOKEN_LEN = 96              # the released Timer-XL checkpoint was pretrained on tokens of 96 steps
+
+
+def time_meaning(cfg: RunConfig, step: pd.Timedelta, window: int) -> list[str]:
+    """Lines saying what the window, horizon and tokens of a resolved config mean on data of time step `step`."""
+    kind = data_kind(step)
+    token = cfg.model.input_token_len
+    lines = [f"window {window} steps = {describe_span(window * step)} of {kind}; tokens of {token} steps = "
+             f"{describe_span(token * step)}, {window // token} per window",
+             f"horizon {steps_text(cfg.data.horizon)} = {describe_span(cfg.data.horizon * step)}: the label is rain "
+             f"(> {cfg.data.rain_threshold:g}) in the next {describe_span(cfg.data.horizon * step)}"]
+    if step != PRESET_STEP and cfg.preset in PRESETS:
+        preset = PRESETS[cfg.preset].build()
+        if isinstance(preset.data.seq_len, int):
+            lines.append(f"preset {cfg.preset} is defined for hourly data ({preset.data.seq_len} steps = "
+                         f"{describe_span(preset.data.seq_len * PRESET_STEP)} there); on {kind} give "
+                         f"--seq-len as a duration (e.g. {describe_span(preset.data.seq_len * PRESET_STEP)}"
+                         f" -> --seq-len {_alias(preset.data.seq_len * PRESET_STEP)}) and a smaller "
+                         "--input-token-len for coarse data")
+    if cfg.model.pretrain_model_path and token != RELEASED_TOKEN_LEN:
+        lines.append(f"the released checkpoint needs input_token_len {RELEASED_TOKEN_LEN}; tokens of {token} steps "
+                     "cannot start from it")
+    return lines
+
+
+def _alias(span: pd.Timedelta) -> str:
+    return f"{int(span / pd.Timedelta(days=1))}d" if span % pd.Timedelta(days=1) == pd.Timedelta(0) else \
+        f"{int(span / pd.Timedelta(hours=1))}h"

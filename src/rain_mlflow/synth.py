@@ -63,6 +63,28 @@ def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0, gaps: 
     if n < 48:
         raise ConfigError(f"years={years} at freq={freq} gives only {n} steps; need at least 48")
     rng = np.random.default_rng(seed)
+    if hours > 1 and float(hours).is_integer():
+        frame = _in_blocks(_weather(rng, n * int(hours), 1.0, gaps), int(hours))
+    else:
+        frame = _weather(rng, n, hours, gaps)
+    if gaps == "realistic":
+        return _realistic_damage(frame, rng, hours)
+    return _damage(frame, rng, hours)
+
+
+def _in_blocks(hourly: pd.DataFrame, hours: int) -> pd.DataFrame:
+    """A coarse record as a station keeps it: each step's precipitation total and mean readings, dated at the
+    step's start (a daily record: the day's total and daily means)."""
+    block = np.arange(len(hourly)) // hours
+    coarse = hourly.drop(columns="date").groupby(block).mean().round(1)
+    coarse["precipitation"] = hourly["precipitation"].groupby(block).sum().round(1).to_numpy()
+    coarse.insert(0, "date", hourly["date"].to_numpy()[::hours])
+    return coarse.reset_index(drop=True)
+
+
+def _weather(rng: np.random.Generator, n: int, hours: float, gaps: str) -> pd.DataFrame:
+    """The undamaged record: n steps of `hours` hours from START."""
+    step = pd.Timedelta(hours=hours)
     dates = pd.date_range(START, periods=n, freq=step)
     t_h = np.arange(n) * hours  # time in hours
     day = 2 * np.pi * dates.day_of_year.to_numpy() / 365.25
@@ -89,7 +111,7 @@ def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0, gaps: 
                 + _ar1(rng, n, 120 / hours, 1.5) + rng.normal(0, 0.4, n))
     wind = np.clip(3 + 1.2 * future_waves + 1.0 * afternoon + rng.gamma(2.0, 0.5, n), 0, None)
 
-    frame = pd.DataFrame({
+    return pd.DataFrame({
         "date": dates,
         "precipitation": precipitation,
         "temperature": np.round(temperature, 1),
@@ -97,9 +119,6 @@ def synthetic_frame(years: float = 11.0, freq: str = "1h", seed: int = 0, gaps: 
         "pressure": np.round(pressure, 1),
         "wind_speed": np.round(wind, 1),
     })
-    if gaps == "realistic":
-        return _realistic_damage(frame, rng, hours)
-    return _damage(frame, rng, hours)
 
 
 def _damage(frame: pd.DataFrame, rng: np.random.Generator, hours: float) -> pd.DataFrame:
@@ -151,6 +170,20 @@ def _realistic_damage(frame: pd.DataFrame, rng: np.random.Generator, hours: floa
         start = int(rng.integers(1, max(2, n - length - 1)))
         lost[start:start + length] = True
     return frame.loc[~lost].reset_index(drop=True)
+
+
+def observed_at(frame: pd.DataFrame, hours: tuple[int, ...] = (7, 13, 19)) -> pd.DataFrame:
+    """The record as an observer reads it at fixed hours of the day (e.g. 07, 13 and 19 h local): each column as
+    read at those hours, precipitation as the gauge's total since the previous reading (missing if any step of it
+    is). The first reading, whose total has no start, is dropped. For tests and for trying `clean` on a schedule."""
+    dates = frame["date"]
+    read = (dates.dt.hour.isin(hours) & (dates.dt.minute == 0)).to_numpy()
+    reading = np.cumsum(read[::-1])[::-1]            # each step belongs to the first reading at or after it
+    precipitation = frame["precipitation"]
+    totals = precipitation.groupby(reading).sum().where(~precipitation.isna().groupby(reading).any())
+    observed = frame.loc[read].copy()
+    observed["precipitation"] = totals.loc[reading[read]].to_numpy()
+    return observed.iloc[1:].reset_index(drop=True)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Rules, in order: parse dates (unparseable ones are an error, empty ones are dropped and counted); keep numeric
 columns (an all-text column is ignored and reported, a column mixing numbers and text is an error); sort; drop
-duplicate timestamps (first kept); reindex to the regular frequency (given, or the most common step), so gaps
-become explicit missing rows; check precipitation (not all missing, never negative); check a given label (0/1);
+duplicate timestamps (first kept); a record observed at a few fixed times of day (e.g. 07, 13 and 19 h) is
+recognised as such and resampled to a regular grid (`freq`, default 1D: see `_resample`); reindex to the regular
+frequency (given, or the most common step), so gaps become explicit missing rows; check precipitation (not all missing, never negative); check a given label (0/1);
 drop features missing in more than `max_missing_fraction` of the TRAINING period's steps (the later periods never
 decide what the data is). The cleaned record keeps observed values only: no cell is filled here. The causal fill
 (last observation carried forward over at most `max_fill` steps, `data/missing.py`) happens when windows are made;
@@ -20,7 +21,7 @@ import pandas as pd
 
 from rain_mlflow.config import DataConfig
 from rain_mlflow.data.io import EXTRA_NA_TOKENS
-from rain_mlflow.data.missing import carry_forward, default_max_fill
+from rain_mlflow.data.missing import carry_forward
 from rain_mlflow.data.windows import split_bounds
 from rain_mlflow.errors import DataError
 
@@ -47,14 +48,23 @@ def clean(raw: pd.DataFrame, cfg: DataConfig, source: str) -> CleanResult:
     numeric = _numeric_columns(frame, cfg, precip, report)
     frame = frame[[cfg.date_col, *numeric]]
     frame = _sort_and_dedupe(frame, cfg.date_col, report)
-    step = _time_step(frame[cfg.date_col], cfg.freq, report)
+    schedule = _schedule(frame[cfg.date_col])
+    report["schedule"] = None
+    if schedule:
+        step = _grid_step(cfg.freq or SCHEDULE_GRID)
+        frame = _resample(frame, cfg.date_col, step, precip, cfg.label_col)
+        report.update(freq=_format_step(step), freq_inferred=cfg.freq is None, schedule={
+            "times": schedule, "grid": _format_step(step), "grid_default": cfg.freq is None,
+            "aggregation": SCHEDULE_AGGREGATION})
+    else:
+        step = _time_step(frame[cfg.date_col], cfg.freq, report)
     frame = _reindex(frame, cfg.date_col, step, report)
     if precip is not None:
         _check_precipitation(frame[precip], precip, cfg.date_col, frame)
     if cfg.label_col is not None:
         _check_label(frame[cfg.label_col], cfg.label_col)
     features = _choose_features(frame, cfg, precip, report)
-    max_fill = cfg.max_fill if cfg.max_fill is not None else default_max_fill(step)
+    max_fill = cfg.in_steps(step).max_fill  # also refuses a duration that is not a whole number of steps
     report.update(max_fill=max_fill, max_fill_default=cfg.max_fill is None)
     report["columns"] = {c: _column_report(frame[c], c != precip, max_fill, frame[cfg.date_col])
                          for c in dict.fromkeys([*([precip] if precip else []), *features])}
@@ -157,12 +167,16 @@ def _sort_and_dedupe(frame: pd.DataFrame, date_col: str, report: dict) -> pd.Dat
     return frame[~duplicated]
 
 
+def _grid_step(freq: str) -> pd.Timedelta:
+    try:
+        return pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    except (ValueError, TypeError):
+        raise DataError(f"freq must be a fixed step such as 1h, 3h or 30min; got {freq!r}") from None
+
+
 def _time_step(dates: pd.Series, freq: str | None, report: dict) -> pd.Timedelta:
     if freq is not None:
-        try:
-            step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
-        except (ValueError, TypeError):
-            raise DataError(f"freq must be a fixed step such as 1h, 3h or 30min; got {freq!r}") from None
+        step = _grid_step(freq)
         report.update(freq=freq, freq_inferred=False)
         return step
     diffs = dates.diff().dropna()
@@ -170,6 +184,52 @@ def _time_step(dates: pd.Series, freq: str | None, report: dict) -> pd.Timedelta
     report.update(freq=_format_step(step), freq_inferred=True,
                   freq_share=round(float((diffs == step).mean()), 4))
     return step
+
+
+SCHEDULE_GRID = "1D"         # where a fixed-times-of-day record goes unless --freq says otherwise
+SCHEDULE_MAX_TIMES = 12      # more distinct observation times than this is an hourly-ish record, not a schedule
+SCHEDULE_AGGREGATION = ("each step t of the grid summarises the readings in (t - step, t]: precipitation summed "
+                        "(a total stays a total; missing when a reading that usually falls there is missing), "
+                        "other columns averaged, a label column 1 if any reading is 1")
+
+
+def _schedule(dates: pd.Series) -> list[str] | None:
+    """The fixed times of day of a record observed at a few of them with unequal spacing (07, 13, 19 h), else
+    None (a regular record: hourly, 3-hourly, daily...)."""
+    if len(dates) < 3 * MIN_ROWS:
+        return None
+    time_of_day = dates - dates.dt.normalize()
+    counts = time_of_day.value_counts()
+    main = counts[counts >= 0.02 * len(dates)]
+    if not 2 <= len(main) <= SCHEDULE_MAX_TIMES or main.sum() < 0.95 * len(dates):
+        return None
+    times = sorted(main.index)
+    spacing = np.diff([*times, times[0] + pd.Timedelta(days=1)])
+    if len(set(spacing)) == 1:
+        return None  # evenly spaced times are a regular grid (e.g. 3-hourly)
+    return [f"{int(t.total_seconds() // 3600):02d}:{int(t.total_seconds() % 3600 // 60):02d}" for t in times]
+
+
+def _resample(frame: pd.DataFrame, date_col: str, step: pd.Timedelta, precip: str | None,
+              label_col: str | None) -> pd.DataFrame:
+    """Fixed-times readings onto a regular grid, causally: step t holds what was read in (t - step, t].
+
+    Precipitation totals are summed; a step where a reading that usually falls in it (the most common count for
+    its time of day) is absent or missing has an unknown total (never invented). Other columns are averaged.
+    Steps where nothing was read although readings usually are become gaps; steps where nothing is ever read
+    (a grid finer than the schedule) hold a total of 0 (the rain is in the next reading's total)."""
+    indexed = frame.set_index(date_col)
+    bins = indexed.resample(step, closed="right", label="right")
+    out = bins.mean()
+    read = bins.size()
+    usual = read.groupby(read.index - read.index.normalize()).transform(lambda c: c.mode().iloc[0])
+    if precip is not None:
+        valid = bins[precip].count()
+        out[precip] = bins[precip].sum().where(valid >= usual)
+    if label_col is not None:
+        out[label_col] = bins[label_col].max()
+    out = out[(read > 0) | (usual == 0)]
+    return out.rename_axis(date_col).reset_index()
 
 
 def _format_step(step: pd.Timedelta) -> str:
@@ -275,6 +335,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"off-grid rows dropped: {report['off_grid_rows_dropped']}",
         f"gaps: {gaps['count']} ({gaps['missing_steps']} missing steps, longest {gaps['longest_steps']})",
     ]
+    schedule = report.get("schedule")
+    if schedule:
+        lines.append(f"schedule: observed at fixed times {', '.join(schedule['times'])}; resampled to a regular "
+                     f"{schedule['grid']} grid{' (the default; choose another with --freq)' if schedule['grid_default'] else ''}: "
+                     f"{schedule['aggregation']}")
     lines.append(f"columns (the causal fill carries a reading forward over at most {report['max_fill']} steps "
                  "when windows are made; precipitation is never carried):")
     for column, info in report["columns"].items():

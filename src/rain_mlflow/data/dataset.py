@@ -26,6 +26,7 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from rain_mlflow.config import DataConfig, RunConfig
+from rain_mlflow.durations import data_kind, describe_span, steps_text
 from rain_mlflow.data import accounting
 from rain_mlflow.data.clean import CleanResult
 from rain_mlflow.data.missing import MissingPolicy, carry_forward, model_inputs
@@ -124,8 +125,38 @@ def effective_window(cfg: RunConfig, notes: list[str]) -> int:
 
 
 def resolve(cfg: RunConfig, cleaned: CleanResult) -> RunConfig:
-    """The config with the data-dependent defaults filled in (max_fill from the data's time step)."""
-    return cfg if cfg.data.max_fill is not None else cfg.with_overrides(max_fill=cleaned.max_fill)
+    """The config in steps of the data's time step: durations converted (a duration that is not a whole number of
+    steps is a ConfigError naming both), max_fill's default filled in. A config already in steps is unchanged."""
+    return cfg.in_steps(cleaned.step)
+
+
+def check_degenerate(splits: dict[str, Split], cfg: RunConfig, step: pd.Timedelta, notes: list[str]) -> None:
+    """Refuse a task no model can learn from: a split with too few windows, or almost only one class."""
+    d = cfg.data
+    problems = []
+    for name, split in splits.items():
+        rain = split.rain / split.size
+        if split.size < d.min_windows:
+            problems.append(f"the {name} split has {split.size} usable windows (min_windows {d.min_windows})")
+        elif min(rain, 1 - rain) < d.min_class_share:
+            problems.append(f"the {name} split is {rain:.1%} rain and {1 - rain:.1%} no rain "
+                            f"(min_class_share {d.min_class_share:.1%})")
+    if not problems:
+        return
+    shares = ", ".join(f"{name} {s.rain / s.size:.1%} rain of {s.size} windows" for name, s in splits.items())
+    fractions = f"split fractions {d.train_fraction:g}/{d.val_fraction:g}/{d.test_fraction:g}"
+    if d.label_col is not None:
+        decided = f"the label column {d.label_col!r} and the {fractions}"
+    else:
+        decided = (f"horizon {steps_text(d.horizon)} (= {describe_span(d.horizon * step)} of {data_kind(step)}),"
+                   f" rain_threshold {d.rain_threshold:g}, {fractions}")
+    message = (f"degenerate task: {'; '.join(problems)}; class shares: {shares}; decided by {decided}")
+    if d.allow_degenerate:
+        notes.append(message + " (allow_degenerate: training anyway)")
+        log.warning(notes[-1])
+        return
+    raise DataError(message + "; change these (e.g. --horizon 24h for rain in the next 24 hours), use more data, "
+                    "or pass --allow-degenerate to train anyway")
 
 
 def window_labels(cleaned: CleanResult, d: DataConfig) -> np.ndarray:
@@ -138,6 +169,7 @@ def window_labels(cleaned: CleanResult, d: DataConfig) -> np.ndarray:
 
 def window_accounting(cleaned: CleanResult, d: DataConfig) -> dict[str, Any]:
     """The accounting of `clean`: windows of `seq_len` steps as given (the model may trim it to whole tokens)."""
+    d = d.in_steps(cleaned.step)
     columns = tuple(cleaned.features)
     raw = cleaned.frame[list(columns)].to_numpy(dtype=np.float64)
     carried = [c != cleaned.report.get("precip_col") for c in columns]
@@ -158,6 +190,7 @@ def persistence_forecast(cleaned: CleanResult, d: DataConfig, labels: np.ndarray
 def prepare(cleaned: CleanResult, cfg: RunConfig) -> PreparedData:
     """Label, split, scale, fill and index a cleaned record for `cfg`; raise for settings the data cannot satisfy."""
     notes: list[str] = []
+    cfg = resolve(cfg, cleaned)
     frame, d = cleaned.frame, cfg.data
     window = effective_window(cfg, notes)
     columns = tuple(cleaned.features)
@@ -189,6 +222,7 @@ def prepare(cleaned: CleanResult, cfg: RunConfig) -> PreparedData:
                 ("; --missing mask keeps windows with missing inputs" if d.missing == "exclude" else ""))
         splits[name] = Split(name, ends[name], labels[ends[name]].astype(np.int64),
                              counts["candidates"] - counts["kept"], first, last, counts["candidates"])
+    check_degenerate(splits, cfg, cleaned.step, notes)
     return PreparedData(series=series.astype(np.float32), raw=raw.astype(np.float32),
                         dates=pd.DatetimeIndex(frame[d.date_col]), features=policy.variables, window=window,
                         horizon=d.horizon, splits=splits, scaler_mean=scaler.mean_, scaler_scale=scaler.scale_,
@@ -216,6 +250,7 @@ class EvalWindows:
 def evaluation_windows(cleaned: CleanResult, cfg: RunConfig, policy: MissingPolicy, window: int,
                        test_split_only: bool) -> EvalWindows:
     """Every usable window of a record, or only those of its test split (the same windows training scored)."""
+    cfg = resolve(cfg, cleaned)
     frame, d = cleaned.frame, cfg.data
     raw = frame[list(policy.columns)].to_numpy(dtype=np.float64)
     labels = window_labels(cleaned, d)

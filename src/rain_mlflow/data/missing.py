@@ -30,7 +30,7 @@ SHARE_INDICATOR = INDICATOR_PREFIX + "share"
 
 def default_max_fill(step: pd.Timedelta) -> int:
     """6 hours of steps (6 for hourly data, 2 for 3-hourly, 0 for daily)."""
-    return int(math.floor(pd.Timedelta(hours=DEFAULT_MAX_FILL_HOURS) / step))
+    return int(math.floor(pd.Timedelta(hours=DEFAULT_MAX_FILL_HOURS) / step))  # as DataConfig.in_steps
 
 
 @dataclass(frozen=True)

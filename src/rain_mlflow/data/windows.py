@@ -45,15 +45,23 @@ def _window_sums(values: np.ndarray, length: int) -> np.ndarray:
     return total[t + 1] - total[np.maximum(t + 1 - length, 0)]
 
 
+def _trailing_totals(values: np.ndarray, length: int) -> np.ndarray:
+    """totals[t] = values[t - length + 1 .. t] summed window by window (the first length - 1 entries sum what
+    exists). Not a difference of running sums: over years of record those carry rounding errors that flip a total
+    lying exactly on the rain threshold (0.1 mm readings are common)."""
+    padded = np.concatenate([np.zeros(length - 1), values.astype(np.float64)])
+    return np.lib.stride_tricks.sliding_window_view(padded, length).sum(axis=1)
+
+
 def rain_labels(precip: np.ndarray, horizon: int, threshold: float) -> np.ndarray:
     """label[t] = 1.0 if precip over (t, t + horizon] sums above threshold, NaN if any of it is missing or beyond."""
     n = len(precip)
     missing = np.isnan(precip)
-    total = np.concatenate([[0.0], np.cumsum(np.where(missing, 0.0, precip))])
+    totals = _trailing_totals(np.where(missing, 0.0, precip), horizon)    # totals[u]: (u - horizon, u]
     holes = np.concatenate([[0], np.cumsum(missing)])
     labels = np.full(n, np.nan)
     t = np.arange(max(n - horizon, 0))
-    future = total[t + horizon + 1] - total[t + 1]
+    future = totals[t + horizon]
     known = (holes[t + horizon + 1] - holes[t + 1]) == 0
     labels[t] = np.where(known, (future > threshold).astype(float), np.nan)
     return labels
@@ -66,7 +74,7 @@ def persistence(precip: np.ndarray | None, labels: np.ndarray, horizon: int, thr
     existing label: the label of the window that ended `horizon` steps ago, whose answer is known by t.
     """
     if precip is not None:
-        return (_window_sums(np.nan_to_num(precip, nan=0.0), horizon) > threshold).astype(np.int64)
+        return (_trailing_totals(np.nan_to_num(precip, nan=0.0), horizon) > threshold).astype(np.int64)
     earlier = np.zeros(len(labels))
     earlier[horizon:] = np.nan_to_num(labels[:-horizon], nan=0.0)
     return earlier.astype(np.int64)

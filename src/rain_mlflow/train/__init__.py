@@ -23,12 +23,14 @@ from rain_mlflow import weights
 from rain_mlflow.config import RunConfig
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import PreparedData, prepare, resolve
+from rain_mlflow.data.timing import time_params, time_settings
 from rain_mlflow.data.windows import gather
 from rain_mlflow.diagnostics.rules import format_duration
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import load_pretrained_backbone
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model.transfer import shapes_of
+from rain_mlflow.presets import time_meaning
 from rain_mlflow.train import checkpoint
 from rain_mlflow.train.dry_run import dry_run_report
 from rain_mlflow.train.loop import FitResult, NonFiniteLoss, TrainState, fit
@@ -54,8 +56,10 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
         cfg, resume_payload = resume_source(resume, overrides or {}, reschedule=reschedule, force=force)
     assert cfg is not None
     raw, cleaned = load_clean(cfg.data)
-    cfg = resolve(cfg, cleaned)
+    given, cfg = cfg, resolve(cfg, cleaned)  # from here on every time setting is a step count
     data = prepare(cleaned, cfg)
+    clean_report = {**cleaned.report, "time_settings": time_settings(given.data, cfg.data, cleaned.step),
+                    "time_meaning": time_meaning(cfg, cleaned.step, data.window)}
     device = select_device(cfg.train.device)
     precision = select_precision(cfg.train.amp, device)
     precision.configure_backends()
@@ -66,7 +70,7 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
         weights.check_release_fits(source, cfg.model)
     if dry_run:  # never needs the weights: says where they are or what would be downloaded
         status = weights.status(source) if source is not None else None
-        return dry_run_report(cfg, data, cleaned.report, model.to(device), precision, status, output_format)
+        return dry_run_report(cfg, data, clean_report, model.to(device), precision, status, output_format)
     pretrained = None
     if source is not None:  # found, downloaded and verified before any run exists: a failure leaves none behind
         resolved = weights.fetch(source, shapes_of(model.backbone.state_dict()))
@@ -75,7 +79,7 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
     model.to(device)
     if not resume:
         connect(experiment)
-    return _tracked_run(cfg, data, raw, cleaned.report, model, precision, pretrained, resume, resume_payload,
+    return _tracked_run(cfg, data, raw, clean_report, model, precision, pretrained, resume, resume_payload,
                         run_name)
 
 
@@ -95,6 +99,8 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
         else:
             _continue_run(tracker, cfg, precision, raw, clean_report, resume_payload, epochs, workdir)
         click.echo(f"MLflow run {tracker.run_id} ({cfg.preset}, {precision.device.type}, {precision.name})")
+        for line in clean_report["time_meaning"]:
+            click.echo(f"  {line}")
         links = [("this run", ui.run_url("", tracker.experiment_id, tracker.run_id)),
                  ("training runs", ui.experiment_url("", tracker.experiment_id))]
         click.echo(ui.links_block(tracking_uri(), links), nl=False)
@@ -149,7 +155,7 @@ def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, cl
               "indicator_variables": ",".join(data.policy.indicators) if data.policy else "",
               "freq": clean_report["freq"], "runtime_device": str(precision.device),
               "runtime_precision": precision.name, "torch_version": torch.__version__,
-              **data.class_counts()}
+              **time_params(clean_report["time_settings"]), **data.class_counts()}
     params["effective_batch_size"] = cfg.train.batch_size * cfg.train.accumulate_steps
     if pretrained:  # which bytes the backbone started from, and where they came from
         params.update(pretrained_tensors=pretrained["n_tensors"], pretrain_sha256=pretrained["sha256"],
@@ -157,8 +163,8 @@ def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, cl
     tracker.log_params(params)
     digest = tracker.log_input(raw, source=clean_report["source"], name="station-data", context="training")
     tracker.set_tags({"data_digest": digest, "diagnosis": "ok"})
-    tracker.log_dict({**cfg.to_dict(), "effective_seq_len": data.window, "features": list(data.features)},
-                     "config.json")
+    tracker.log_dict({**cfg.to_dict(), "effective_seq_len": data.window, "features": list(data.features),
+                      "time_settings": clean_report["time_settings"]}, "config.json")
     tracker.log_dict({**clean_report, "windows": data.accounting}, "cleaning_report.json")
     for note in data.notes:
         tracker.set_tags({"warning.seq_len": note})

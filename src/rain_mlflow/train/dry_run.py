@@ -28,10 +28,15 @@ def dry_run_report(cfg: RunConfig, data: PreparedData, report: dict, model: torc
         return summary
     echo = click.echo
     echo(f"preset {cfg.preset}: resolved settings")
+    times = report.get("time_settings") or {}
     for key, value in cfg.flat().items():
-        echo(f"  {key:22} {value}")
+        meaning = times.get(key)
+        echo(f"  {key:22} {value}" + (f" steps = {meaning['duration']} (given: {meaning['given']})"
+                                      if isinstance(meaning, dict) else ""))
     echo(f"data: {report['source']}: {report['steps']} steps of {report['freq']} ({report['start']} .. "
          f"{report['end']}), features {', '.join(data.features)}")
+    for line in report.get("time_meaning", []):
+        echo(f"  {line}")
     for name, split in data.splits.items():
         echo(f"  {name:5} {split.size:>7} windows  rain {split.rain:>7} ({split.rain / split.size:.1%})  "
              f"no rain {split.no_rain:>7}  majority share {split.majority_share:.1%}")
@@ -76,6 +81,7 @@ def _dry_run_summary(cfg: RunConfig, data: PreparedData, report: dict, est: Esti
             "features": list(data.features), "n_vars": data.n_vars, "window": data.window, "notes": data.notes,
             "indicator_variables": list(data.policy.indicators) if data.policy else []},
         "accounting": data.accounting,
+        "time_settings": report.get("time_settings"), "time_meaning": report.get("time_meaning", []),
         "windows": {name: {"windows": s.size, "rain": s.rain, "no_rain": s.no_rain,
                            "majority_share": s.majority_share, "dropped": s.dropped}
                     for name, s in data.splits.items()},
