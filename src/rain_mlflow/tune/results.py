@@ -90,12 +90,10 @@ def record(tracker: Any, study: Any, cfg: TuneConfig) -> dict[str, float]:
 
 def _figures(tracker: Any, study: Any) -> None:
     """Optuna's own matplotlib figures; one that cannot be drawn yet (too few trials) is skipped with a note."""
-    import matplotlib
     import optuna.visualization.matplotlib as figures
 
     from rain_mlflow import plots
 
-    matplotlib.use("Agg")
     for name in FIGURES:
         try:
             with warnings.catch_warnings():
