@@ -150,29 +150,30 @@ def test_a_study_killed_mid_trial_resumes_with_the_same_name(store, cli, half_ye
     assert [t.state.name for t in study_trials(tmp_path, "k")] == ["RUNNING"]
     assert [r.info.status for r in trial_runs("k")] == ["RUNNING"]
 
-    result = cli("tune", *FAST, "--data", half_year, "--space", space, "--n-trials", "2", "--study", "k")
+    result = cli("tune", *FAST, "--data", half_year, "--space", space, "--n-trials", "1", "--study", "k",
+                 "--train-epochs", "1")
     assert result.code == 0, result.err[-3000:]
     assert "continuing study k" in result.out
     trials = study_trials(tmp_path, "k")
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[0].user_attrs["failed_by"] == "killed"
     killed = [r for r in trial_runs("k") if r.data.tags["tune.trial"] == "0"]
     assert [r.info.status for r in killed] == ["KILLED"]
     parent = parent_run("k")  # found again by the study tag, not a second parent
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["n_trials"] == 2 and parent.data.metrics["n_killed"] == 1
+    assert parent.data.metrics["n_trials"] == 1 and parent.data.metrics["n_killed"] == 1
 
 
 def test_two_workers_share_one_study_without_duplicate_trials(store, half_year, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("dropout: {type: float, low: 0.0, high: 0.2}\n")
-    workers = [_tune_process(tmp_path, half_year, space, "--n-trials", "3", "--study", "shared",
+    workers = [_tune_process(tmp_path, half_year, space, "--n-trials", "2", "--study", "shared",
                              "--train-epochs", "1") for _ in range(2)]
     outputs = [w.communicate(timeout=400)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], [o[-2000:] for o in outputs]
     trials = study_trials(tmp_path, "shared")
     numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers)) >= 3
+    assert len(numbers) == len(set(numbers)) >= 2
     assert all(t.state.name == "COMPLETE" for t in trials)
     tagged = [r.data.tags["tune.trial"] for r in trial_runs("shared")]
     assert sorted(tagged, key=int) == [str(n) for n in sorted(numbers)]    # one MLflow run per trial

@@ -20,13 +20,16 @@ __all__ = ["DIRECTION", "PRUNERS", "STUDY_TAG", "Space", "TuneConfig", "default_
 
 def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run (or continue) the study and return the parent run id and the summary numbers."""
-    from rain_mlflow import ui
+    from rain_mlflow import ui, weights
     from rain_mlflow.data import load_clean
     from rain_mlflow.tracking import Tracker, connect, find_runs, shown, tracking_uri
     from rain_mlflow.tune import results
     from rain_mlflow.tune.study import check_direction, fail_stale_trials, open_study, optimize
 
     load_clean(cfg.base.data)  # a bad data file fails here, before the study or a run exists
+    source = weights.parse(cfg.base.model.pretrain_model_path)
+    if source is not None:  # found (downloaded once) and verified before the study, not in every trial
+        weights.fetch(source)
     experiment_id = connect(cfg.experiment)
     study = open_study(cfg)
     check_direction(study, cfg)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 STUDY_TAG, TRIAL_TAG = "tune.study", "tune.trial"
 DIRECTION = {"val_loss": "minimize", "val_f1": "maximize", "val_accuracy": "maximize", "val_mcc": "maximize"}
 PRUNERS = ("median", "hyperband", "none")
+JUST_STARTED_S = 300  # a RUNNING trial with no owner recorded yet is a peer's for this long
 INVALID_LIMIT = 10  # x n_trials sampled configs the config refuses before the study gives up
 
 
@@ -135,6 +136,7 @@ def objective(cfg: TuneConfig) -> Any:
     from rain_mlflow.train.loop import NonFiniteLoss
 
     def run_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", liveness.beat())  # who trains it: a later worker tells a kill from a peer
         values = cfg.space.sample(trial)
         try:
             run_cfg = cfg.base.with_overrides(**values)
@@ -143,7 +145,6 @@ def objective(cfg: TuneConfig) -> Any:
             click.echo(f"trial {trial.number} not trained (invalid combination): {exc}")
             raise InvalidTrial(str(exc)) from None
         run_cfg = replace(run_cfg, train=replace(run_cfg.train, stop_on=cfg.prune_on))
-        trial.set_user_attr("worker", liveness.beat())
         click.echo(f"trial {trial.number} of study {cfg.study}: "
                    + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
         pruning = Pruning(trial, cfg.metric, cfg.prune_on)
@@ -221,6 +222,8 @@ def fail_stale_trials(study: Any, experiment_id: str, cfg: TuneConfig) -> list[i
         runs = find_runs(experiment_id, f"tags.`{STUDY_TAG}` = '{cfg.study}' and tags.`{TRIAL_TAG}` = "
                                         f"'{trial.number}'")
         beat = runs[-1].data.tags.get(liveness.HEARTBEAT_TAG) if runs else trial.user_attrs.get("worker")
+        if beat is None and _age_s(trial) < JUST_STARTED_S:  # a peer between asking for a trial and saying so
+            continue
         if liveness.owner_alive(beat):
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "failed_by", "killed")
@@ -231,6 +234,13 @@ def fail_stale_trials(study: Any, experiment_id: str, cfg: TuneConfig) -> list[i
                               f"the tune worker of trial {trial.number} stopped (killed); the study continues"})
         failed.append(trial.number)
     return failed
+
+
+def _age_s(trial: Any) -> float:
+    import datetime
+
+    start = trial.datetime_start
+    return (datetime.datetime.now() - start).total_seconds() if start else 0.0
 
 
 def optimize(study: Any, cfg: TuneConfig) -> None:
