@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -201,6 +200,7 @@ def test_an_invalid_space_is_refused_before_anything_is_written(store, cli, half
 
 def test_a_test_metric_and_a_field_both_fixed_and_searched_are_refused(store, cli, half_year, tmp_path):
     assert_user_error(cli("tune", "--metric", "test_f1"), "metric must be one of", "test_f1")
+    assert_user_error(cli("tune", "--study", "it's"), "study must be letters", "it's")
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     assert_user_error(cli("tune", *FAST, "--data", half_year, "--space", space, "--learning-rate", "0.01"),

@@ -198,6 +198,10 @@ def tune(preset: str | None, space: str | None, n_trials: int, timeout: float | 
     from rain_mlflow.store import tracking_uri
     from rain_mlflow.tune import TuneConfig, default_space, default_storage, load, run_tune
 
+    import re
+
+    if study is not None and not re.fullmatch(r"[\w.-]+", study):  # it goes into MLflow search filters
+        raise UserError(f"study must be letters, digits, '_', '-' or '.'; got {study!r}")
     overrides = overrides_from(options)
     base = presets.build(preset or presets.DEFAULT_PRESET, overrides)
     searched = load(space, base) if space else default_space(base)

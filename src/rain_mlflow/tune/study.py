@@ -159,6 +159,9 @@ def objective(cfg: TuneConfig) -> Any:
             remaining = run_cfg.train.train_epochs - exc.epoch + 1
             _pruned(trial, "non_finite_loss", remaining * sum(spent) / len(spent), exc.epoch)
             raise optuna.TrialPruned("non_finite_loss") from None
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the run ended KILLED; a continued study trains it again
+            trial.set_user_attr("failed_by", "killed")
+            raise
         except UserError as exc:  # out of memory, a bad file...: this trial failed, the next may not
             trial.set_user_attr("failed_by", " ".join(str(exc).split())[:500])
             click.echo(f"trial {trial.number} failed: {' '.join(str(exc).split())}", err=True)
