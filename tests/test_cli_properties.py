@@ -135,6 +135,7 @@ def checked_values(checked: Checked, workdir: Path) -> st.SearchStrategy[str]:
         "output_dir": st.sampled_from(["", a_file, a_file + "/report"]),
         "input_file": st.sampled_from(["", str(workdir), str(workdir / "nope.log")]),
         "metric_map": st.sampled_from(["nope", "a=b", "=val_loss", "lightning,x=", "val_acc=not_ours"]),
+        "duration": st.sampled_from(["abc", "-5min", "0", "0s", "nan", "2 parsecs"]),
     }
     return strategies[kind]
 
@@ -169,6 +170,7 @@ def bad_values(command: str, name: str, workdir: Path) -> st.SearchStrategy[str]
 
 BASE = {  # valid arguments that keep everything else cheap; the option under test comes last and wins
     "train": lambda d: ["--preset", "smoke", "--data", str(d / "data.csv")],
+    "tune": lambda d: ["--preset", "smoke", "--data", str(d / "data.csv")],
     "clean": lambda d: ["--data", str(d / "data.csv"), "--output", str(d / "out" / "clean.csv")],
     "test": lambda d: ["--data", str(d / "data.csv"), "--model-uri", str(d / "best.pt")],
 }

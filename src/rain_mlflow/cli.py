@@ -162,6 +162,60 @@ def train(preset: str | None, resume: str | None, reschedule: bool, force: bool,
                  output_format=fmt)
 
 
+PRUNE_ON_DEFAULT = "stalled,oscillating,non_finite_loss,class_collapse"
+
+
+@cli.command()
+@click.option("--preset", default=None, type=Checked("preset", "preset"),
+              help="configuration the trials start from; the space changes some of its fields [default: small]")
+@config_options(FIELDS)
+@click.option("--space", default=None, metavar="FILE", type=Checked("space", "input_file"),
+              help="YAML or JSON search space (docs/tuning.md) [default: the seeds' knobs around the preset]")
+@click.option("--n-trials", "--n_trials", "n_trials", default="20", show_default=True, metavar="INT",
+              type=Checked("n_trials", "int", min=1), help="trained trials in the study (all workers together)")
+@click.option("--timeout", default="", metavar="DURATION", type=Checked("timeout", "duration", optional=True),
+              help="stop starting trials after this long (3600, 90min, 2h) [default: no limit]")
+@click.option("--metric", default="val_mcc", show_default=True, type=Checked("metric", "choice", choices=(
+              "val_mcc", "val_f1", "val_accuracy", "val_loss")),
+              help="validation metric the study optimises (at each trial's best epoch)")
+@click.option("--prune-on", "--prune_on", "prune_on", default=PRUNE_ON_DEFAULT, show_default=True, metavar="FLAGS",
+              type=Checked("prune_on", "flags"), help="diagnosis flags that prune a trial at once")
+@click.option("--pruner", default="median", show_default=True, type=Checked("pruner", "choice", choices=(
+              "median", "hyperband", "none")), help="Optuna's pruner on the reported metric")
+@click.option("--study", default=None, type=Checked("study", "text"),
+              help="study name; the same name on the same storage continues it [default: PRESET-DATE-TIME]")
+@click.option("--storage", default=None, type=Checked("storage", "text"),
+              help="Optuna storage URL (postgresql://... shares a study between machines) "
+                   "[default: sqlite optuna.db beside the MLflow sqlite store, else in this folder]")
+@click.option("--experiment", default=None, type=EXPERIMENT,
+              help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
+def tune(preset: str | None, space: str | None, n_trials: int, timeout: float | None, metric: str,
+         prune_on: list[str], pruner: str, study: str | None, storage: str | None, experiment: str | None,
+         **options: Any) -> None:
+    """Search hyperparameters with Optuna: one MLflow run per trial, sick trials pruned by the diagnosis."""
+    import time
+
+    from rain_mlflow import presets
+    from rain_mlflow.store import tracking_uri
+    from rain_mlflow.tune import TuneConfig, default_space, default_storage, load, run_tune
+
+    import re
+
+    if study is not None and not re.fullmatch(r"[\w.-]+", study):  # it goes into MLflow search filters
+        raise UserError(f"study must be letters, digits, '_', '-' or '.'; got {study!r}")
+    overrides = overrides_from(options)
+    base = presets.build(preset or presets.DEFAULT_PRESET, overrides)
+    searched = load(space, base) if space else default_space(base)
+    both = sorted(searched.fields() & set(overrides))
+    if both:
+        raise UserError(f"{both[0]} must be either fixed by --{both[0].replace('_', '-')} or searched by the space, "
+                        f"not both; got both")
+    name = study or f"{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_tune(TuneConfig(base=base, space=searched, study=name, storage=storage or default_storage(tracking_uri()),
+                        n_trials=n_trials, timeout_s=timeout, metric=metric, prune_on=tuple(prune_on),
+                        pruner=pruner, experiment=experiment))
+
+
 @cli.group()
 def weights() -> None:
     """Released pretrained weights: download them into the cache, verify a file, show where they are.
@@ -328,14 +382,16 @@ def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_t
               help="allow a test_* --metric (choosing on the test set makes its score optimistic)")
 @click.option("--run-id", "--run_id", "run_id", default=None, type=Checked("run_id", "run_id"),
               help="promote this run instead of choosing one")
+@click.option("--study", default=None, type=Checked("study", "text"),
+              help="choose only among the trials of this `tune` study")
 @threshold_options(stored_default=True)
 def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
-            allow_test_metric: bool, run_id: str | None, **thresholds: Any) -> None:
+            allow_test_metric: bool, run_id: str | None, study: str | None, **thresholds: Any) -> None:
     """Register the best healthy run's checkpoint in the Model Registry under an alias."""
     from rain_mlflow.registry import run_promote
 
     run_promote(experiment=experiment, model_name=model_name, metric=metric, alias=alias,
-                allow_flagged=allow_flagged, run_id=run_id,
+                allow_flagged=allow_flagged, run_id=run_id, study=study,
                 allow_test_metric=allow_test_metric,
                 threshold_overrides={k: v for k, v in thresholds.items() if v is not None})
 

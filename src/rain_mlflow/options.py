@@ -24,7 +24,7 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 ALIAS = re.compile(r"[\w-]+")
 RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)
 KINDS = ("text", "int", "float", "bool", "choice", "preset", "freq", "run_id", "run_ids", "flags", "alias", "model_uri",
-         "output_file", "output_dir", "input_file", "metric_map")
+         "output_file", "output_dir", "input_file", "metric_map", "duration")
 
 
 class Checked(click.ParamType):
@@ -189,8 +189,24 @@ def _metric_map(field: str, value: str, rule: dict) -> str:
     return value
 
 
+def _duration(field: str, value: str, rule: dict) -> float | None:
+    """Seconds, or a pandas duration such as 30min, 2h, 1h30min; '' = no limit (when `optional`)."""
+    import pandas as pd
+
+    text = value.strip()
+    if rule.get("optional") and not text:
+        return None
+    try:
+        seconds = float(text) if re.fullmatch(r"[0-9.]+(e[0-9]+)?", text) else pd.Timedelta(text).total_seconds()
+    except (ValueError, TypeError):
+        raise _fail(field, "a duration such as 3600, 90min, 2h or 1h30min", value) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _fail(field, "a positive duration such as 3600, 90min, 2h or 1h30min", value)
+    return seconds
+
+
 CHECKS = {
-    "input_file": _input_file, "metric_map": _metric_map,
+    "input_file": _input_file, "metric_map": _metric_map, "duration": _duration,
     "text": _text, "choice": _choice, "preset": _preset, "freq": _freq, "run_id": _run_id, "run_ids": _run_ids, "flags": _flags,
     "alias": _alias, "model_uri": _model_uri, "output_file": _output_file, "output_dir": _output_dir,
     "int": lambda f, v, r: _number(f, v, r, int), "float": lambda f, v, r: _number(f, v, r, float),

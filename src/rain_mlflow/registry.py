@@ -137,7 +137,7 @@ def register(client: MlflowClient, chosen: Candidate, model_name: str, alias: st
 
 def run_promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
                 run_id: str | None = None, allow_test_metric: bool = False,
-                threshold_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                threshold_overrides: dict[str, Any] | None = None, study: str | None = None) -> dict[str, Any]:
     from rain_mlflow.compare import write_diagnosis_tags
 
     check_metric(metric, allow_test_metric)
@@ -154,6 +154,11 @@ def run_promote(experiment: str | None, model_name: str, metric: str, alias: str
         pool = [c for c in pool if c.run_id == run_id]
         if not pool:
             raise UserError(f"run {run_id!r} is not a run of experiment {name!r} with a per-epoch history")
+    if study:  # the trials of one `tune` study (tag tune.study)
+        in_study = {r.history.run_id for r in reports if r.history.tags.get("tune.study") == study}
+        pool = [c for c in pool if c.run_id in in_study]
+        if not pool:
+            raise UserError(f"study must name a `tune` study with trials in experiment {name!r}; got {study!r}")
     if not any(c.value is not None for c in pool) and pool:
         raise UserError(f"no run of experiment {name!r} logged the metric {metric!r}; "
                         "use a per-epoch metric such as val_f1, val_accuracy, val_mcc or val_loss")
@@ -168,6 +173,7 @@ def run_promote(experiment: str | None, model_name: str, metric: str, alias: str
         version, created = register(client, chosen, model_name, alias, metric, digest)
         tracker.log_params({"model_name": model_name, "metric": metric, "alias": alias,
                             "allow_flagged": allow_flagged, "allow_test_metric": allow_test_metric,
+                            **({"study": study} if study else {}),
                             **{f"threshold.{k}": v for k, v in (threshold_overrides or {}).items()}})
         tracker.set_tags({"promoted_run_id": chosen.run_id, "model_version": version})
         tracker.log_dict([_ranking_row(c, allow_flagged) for c in pool], "ranking.json")

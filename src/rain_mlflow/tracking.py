@@ -465,3 +465,18 @@ def pipeline_steps(pipeline_run_id: str, grouped: bool) -> Iterator[None]:
             os.environ.pop("MLFLOW_RUN_CONTEXT", None)
         else:
             os.environ["MLFLOW_RUN_CONTEXT"] = previous
+
+
+# -- studies (`tune`): find a study's runs, end a run whose worker is gone ---------------------------------------
+def find_runs(experiment_id: str, filter_string: str) -> list[Any]:
+    """Every run of the experiment matching an MLflow filter (e.g. the trials of one study), oldest first."""
+    use_store()
+    runs = MlflowClient().search_runs([experiment_id], filter_string, max_results=5000,
+                                      order_by=["attributes.start_time ASC"])
+    return list(runs)
+
+
+def end_stale_run(run_id: str, status: str, tags: dict[str, str]) -> None:
+    """End a run another process left RUNNING (killed): the status first, then the tags that say why."""
+    use_store()
+    Tracker(MlflowClient().get_run(run_id)).end(status, tags)

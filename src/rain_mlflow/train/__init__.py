@@ -14,7 +14,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import torch
@@ -41,13 +41,18 @@ from rain_mlflow.train.precision import Precision, select_device, select_precisi
 from rain_mlflow.train.resume import RESUMABLE_OVERRIDES, resume_source
 
 log = logging.getLogger(__name__)
-__all__ = ["RESUMABLE_OVERRIDES", "run_training"]
+__all__ = ["RESUMABLE_OVERRIDES", "EpochHook", "run_training"]
+EpochHook = Callable[[int, dict, list], "str | None"]  # (epoch, metrics, live findings) -> reason to stop
 
 
 def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None, resume: str | None = None,
                  dry_run: bool = False, experiment: str | None = None, run_name: str | None = None,
-                 output_format: str = "text", reschedule: bool = False, force: bool = False) -> dict:
-    """Train (or resume, or dry-run) and return a small summary dict (run id, best epoch, metrics)."""
+                 output_format: str = "text", reschedule: bool = False, force: bool = False,
+                 tags: dict[str, str] | None = None, on_epoch: EpochHook | None = None) -> dict:
+    """Train (or resume, or dry-run) and return a small summary dict (run id, best epoch, metrics).
+
+    `tags` go on the run when it starts; `on_epoch(epoch, metrics, findings)` is called after each epoch's live
+    diagnosis and may return a reason to stop (`tune` reports to Optuna and prunes through it)."""
     from rain_mlflow.tracking import connect
 
     resume_payload = None
@@ -80,20 +85,21 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
     if not resume:
         connect(experiment)
     return _tracked_run(cfg, data, raw, clean_report, model, precision, pretrained, resume, resume_payload,
-                        run_name)
+                        run_name, tags, on_epoch)
 
 
 def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dict, model: torch.nn.Module,
                  precision: Precision, pretrained: dict | None, resume: str | None,
-                 resume_payload: dict | None, run_name: str | None) -> dict:
+                 resume_payload: dict | None, run_name: str | None, tags: dict[str, str] | None = None,
+                 on_epoch: EpochHook | None = None) -> dict:
     from rain_mlflow import ui
     from rain_mlflow.tracking import Tracker, tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="rain-mlflow-") as tmp, Tracker.start(
             "train", run_name=run_name or cfg.preset, resume_run_id=resume, system_metrics=True,
-            tags={"preset": cfg.preset}) as tracker, tracker.keep_alive():
+            tags={"preset": cfg.preset, **(tags or {})}) as tracker, tracker.keep_alive():
         workdir = Path(tmp)
-        epochs = EpochTracker(tracker, cfg, data)
+        epochs = EpochTracker(tracker, cfg, data, on_epoch)
         if resume_payload is None:
             _record_setup(tracker, cfg, data, raw, clean_report, model, precision, pretrained)
         else:
@@ -183,8 +189,8 @@ def _check_same_data(tracker: Any, raw: Any, clean_report: dict) -> None:
 class EpochTracker:
     """The per-epoch callback of `fit`: log, print, diagnose live, and say whether a stop rule fired."""
 
-    def __init__(self, tracker: Any, cfg: RunConfig, data: PreparedData):
-        self.tracker, self.cfg, self.data = tracker, cfg, data
+    def __init__(self, tracker: Any, cfg: RunConfig, data: PreparedData, hook: EpochHook | None = None):
+        self.tracker, self.cfg, self.data, self.hook = tracker, cfg, data, hook
         self.run_name = cfg.preset
         self.completed = 0                               # the last epoch whose checkpoints are in the store
         self.sent: dict[str, tuple[int, int]] = {}       # checkpoint name -> (mtime_ns, size) last uploaded
@@ -196,6 +202,11 @@ class EpochTracker:
         self._log_epoch(epoch, metrics, state)
         findings = self.diagnose(state)
         self._print(epoch, metrics, state, findings)
+        reason = self.hook(epoch, metrics, findings) if self.hook else None
+        if reason:  # the caller's own rule (e.g. Optuna's pruner)
+            self.tracker.set_tags({"stopped_by": reason})
+            click.echo(f"stopping: {reason}")
+            return reason
         stop = [f for f in findings if f.flag in self.cfg.train.stop_on]
         if stop:
             first = stop[0]
