@@ -1,6 +1,6 @@
 """`python -m bench`: every benchmark in one process, one table on stdout, every figure in bench/results.json.
 
-    python -m bench                  # full run (about 20 minutes on 2 idle cores; progress on stderr)
+    python -m bench                  # full run (progress on stderr; results.json rewritten after each section)
     python -m bench --quick          # CI: small shapes, few repetitions; fails on errors, never on timing
     python -m bench --gpu            # adds the CUDA section (needs a GPU)
     python -m bench --sections step trainer
@@ -38,7 +38,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_sections(args: argparse.Namespace, workdir: Path) -> list[Figure]:
+def write_results(output: Path, args: argparse.Namespace, figures: list[Figure], started: float) -> dict:
+    """results.json, rewritten (temp name, then rename) after every section so a long run keeps what finished."""
+    result = {"command": command_line(), "quick": args.quick, "machine": machine(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+              "duration_s": round(time.time() - started, 1), "figures": [f.to_dict() for f in figures]}
+    tmp_output = output.with_name(output.name + ".tmp")
+    tmp_output.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp_output.replace(output)
+    return result
+
+
+def run_sections(args: argparse.Namespace, workdir: Path, output: Path, started: float) -> list[Figure]:
     from bench import compare_speed, data_memory, gpu, step, trainer
 
     sections = args.sections or [s for s in SECTIONS if s != "gpu" or args.gpu]
@@ -54,11 +65,12 @@ def run_sections(args: argparse.Namespace, workdir: Path) -> list[Figure]:
     }
     figures: list[Figure] = []
     for name in sections:
-        started = time.perf_counter()
+        section_started = time.perf_counter()
         log(f"section {name}: start")
         with contextlib.redirect_stdout(sys.stderr):  # libraries' prints stay off the table
             figures += runners[name]()
-        log(f"section {name}: done in {time.perf_counter() - started:.0f} s")
+        log(f"section {name}: done in {time.perf_counter() - section_started:.0f} s")
+        write_results(output, args, figures, started)
     return figures
 
 
@@ -84,15 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output = args.output or (Path(tempfile.gettempdir()) / "rain_mlflow_bench_quick.json" if args.quick
                              else DEFAULT_OUTPUT)
-    started = time.perf_counter()
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="rain-mlflow-bench-") as tmp:
-        figures = run_sections(args, Path(tmp))
-    result = {"command": command_line(), "quick": args.quick, "machine": machine(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.perf_counter() - started))),
-              "duration_s": round(time.perf_counter() - started, 1), "figures": [f.to_dict() for f in figures]}
-    tmp_output = output.with_name(output.name + ".tmp")
-    tmp_output.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    tmp_output.replace(output)
+        figures = run_sections(args, Path(tmp), output, started)
+    result = write_results(output, args, figures, started)
     print(table(figures))
     log(f"wrote {output} ({len(figures)} figures, {result['duration_s']:.0f} s)")
     return 0

@@ -106,6 +106,8 @@ def run(quick: bool, compile_modes: tuple[str, ...], command: str, machine: dict
             rate = spread([shape.batch_size / s for s in seconds])
             is_ours = name.startswith("ours")
             ratio = rate["median"] / ref["median"]
+            log(f"step {shape.preset}: {name}: {rate['median']:.2f} samples/s (±{rate['spread_pct']:.0f} %), "
+                f"{ratio:.2f}x the reference")
             figures.append(Figure(
                 section="1 training step", name=f"{shape.preset}: {name}", value=rate["median"], unit="samples/s",
                 target=">= 3x reference" if is_ours else "", met=(ratio >= 3) if is_ours and not quick else None,
