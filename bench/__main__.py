@@ -94,6 +94,13 @@ def table(figures: list[Figure]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.gpu or "gpu" in (args.sections or ()):
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --gpu needs a CUDA device; torch sees none here (torch "
+                  f"{torch.__version__}); run the other sections without it", file=sys.stderr)
+            return 2
     output = args.output or (Path(tempfile.gettempdir()) / "rain_mlflow_bench_quick.json" if args.quick
                              else DEFAULT_OUTPUT)
     started = time.time()

@@ -36,7 +36,7 @@ def peak_tflops(name: str) -> float | None:
 
 
 def run(quick: bool, command: str, machine: dict) -> list[Figure]:
-    from bench.step import N_VARS, trainer_step
+    from bench.step import trainer_step
     from rain_mlflow.data import load_clean
     from rain_mlflow.data.dataset import prepare, resolve
     from rain_mlflow.model.factory import build_classifier

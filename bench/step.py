@@ -92,7 +92,7 @@ def run(quick: bool, compile_modes: tuple[str, ...], command: str, machine: dict
         log(f"step {shape.preset}: batch {shape.batch_size}, seq {shape.seq_len}, {N_VARS} variables, "
             f"{sum(p.numel() for p in ours.parameters()):,} parameters, |ours - reference| {diff:.1e}")
         contenders = {f"ours ({precision.name})": trainer_step(ours, ours, cfg, x, y, precision)}
-        for mode in compile_modes if not (quick and shape.preset != "small") else ():
+        for mode in compile_modes:
             compiled = torch.compile(ours, mode=None if mode == "default" else mode)
             contenders[f"ours ({precision.name}, --compile {mode})"] = trainer_step(
                 ours, compiled, cfg, x, y, precision)

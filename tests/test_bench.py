@@ -110,3 +110,13 @@ def test_bench_command_finds_this_checkout(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert Path(bench_checkout()) == REPO
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
+def test_gpu_section_without_cuda_is_one_error_line():
+    done = subprocess.run([sys.executable, "-m", "bench", "--gpu"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        line for line in done.stderr.splitlines() if line.strip()]
+    assert "--gpu needs a CUDA device" in done.stderr and "Traceback" not in done.stderr
