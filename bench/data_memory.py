@@ -49,7 +49,7 @@ print(json.dumps({"baseline": baseline, "after_load_peak": after_load_peak, "bef
 def run(quick: bool, command: str, machine: dict, workdir: Path) -> list[Figure]:
     from rain_mlflow.synth import SynthConfig, write_synthetic
 
-    years = 2.0 if quick else 11.0
+    years = 1.0 if quick else 11.0
     csv = workdir / f"station_{years:g}y.csv"
     write_synthetic(str(csv), SynthConfig(years=years))
     log(f"data memory: preparing {years:g} years hourly at seq_len 2880 (--missing mask) in a fresh process")
