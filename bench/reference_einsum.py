@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rain_mlflow.model import TimerXL
+from rain_mlflow.model.classifier import RainClassifier
 
 
 def _rope_interleaved(x: Tensor, positions: Tensor) -> Tensor:
@@ -38,10 +39,11 @@ def _bias_and_mask(weight: Tensor, batch: int, n_vars: int, n_tokens: int) -> Te
     return bias.masked_fill(blocked, float("-inf"))
 
 
-def reference_forecast(model: TimerXL, x: Tensor) -> Tensor:
-    """x [B, L, C] -> [B, N * P_out, C], the official non-flash computation on `model`'s weights."""
+def reference_encode(model: TimerXL, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """x [B, L, C] -> (token features after the final LayerNorm [B, C, N, D], mean, std), the official maths."""
     P, D, E = model.input_token_len, model.d_model, model.head_dim
     H = D // E
+    mean = std = None
     if model.use_norm:
         mean = x.mean(1, keepdim=True).detach()
         std = torch.sqrt(torch.var(x, dim=1, keepdim=True, unbiased=False) + 1e-5)
@@ -65,5 +67,20 @@ def reference_forecast(model: TimerXL, x: Tensor) -> Tensor:
         y = layer.dropout(layer.activation(layer.conv1(h.transpose(-1, 1))))
         y = layer.dropout(layer.conv2(y).transpose(-1, 1))
         h = layer.norm2(h + y)
-    out = model.head(model.blocks.norm(h)).reshape(B, C, N * model.output_token_len).transpose(1, 2)
+    return model.blocks.norm(h).reshape(B, C, N, D), mean, std
+
+
+def reference_forecast(model: TimerXL, x: Tensor) -> Tensor:
+    """x [B, L, C] -> [B, N * P_out, C], the official non-flash computation on `model`'s weights."""
+    features, mean, std = reference_encode(model, x)
+    B, C, N, _ = features.shape
+    out = model.head(features).reshape(B, C, N * model.output_token_len).transpose(1, 2)
     return out * std + mean if model.use_norm else out
+
+
+def reference_classify(model: RainClassifier, x: Tensor) -> Tensor:
+    """x [B, L, C] -> logits [B, n_classes] of a `last`-pooling classifier, its backbone run by the official maths."""
+    if model.pooling != "last":
+        raise ValueError(f"the reference pools the last token only; got pooling={model.pooling!r}")
+    features, _, _ = reference_encode(model.backbone, x)
+    return model.classifier(model.dropout(features[:, :, -1].flatten(1)))

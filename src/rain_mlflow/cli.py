@@ -435,6 +435,37 @@ def main_command(preset: str, experiment: str | None, workdir: str) -> None:
     run_pipeline(preset=preset, experiment=experiment, workdir=workdir)
 
 
+@cli.command("bench")
+@click.option("--quick", is_flag=False, flag_value="true", default="false", metavar=BOOL,
+              type=Checked("quick", "bool"), help="small shapes and few repetitions (CI); never fails on timing")
+@click.option("--gpu", is_flag=False, flag_value="true", default="false", metavar=BOOL,
+              type=Checked("gpu", "bool"), help="also measure the CUDA section (epoch time, peak VRAM, MFU)")
+def bench_command(quick: bool, gpu: bool) -> None:
+    """Every benchmark side by side: one table, figures in bench/results.json (needs a source checkout)."""
+    import subprocess
+
+    checkout = bench_checkout()
+    argv = [sys.executable, "-m", "bench", *(["--quick"] if quick else []), *(["--gpu"] if gpu else [])]
+    code = subprocess.run(argv, cwd=checkout).returncode
+    if code:
+        sys.exit(code)
+
+
+def bench_checkout() -> str:
+    """The source checkout holding bench/ (the fp32 reference is not shipped in the package): the one this package
+    was installed from in editable mode, else the working directory or one of its parents."""
+    from pathlib import Path
+
+    candidates = [Path(__file__).resolve().parents[2], *[p for p in (Path.cwd(), *Path.cwd().parents)]]
+    for folder in candidates:
+        if (folder / "bench" / "__main__.py").is_file() and (folder / "src" / "rain_mlflow").is_dir():
+            return str(folder)
+    raise UserError(f"bench must run from a source checkout of rain-mlflow (a folder with bench/ and src/: the "
+                    f"benchmarks and their fp32 reference are not shipped in the package); got none at "
+                    f"{candidates[0]} or {Path.cwd()} and its parents. Clone the repository, `pip install -e .` "
+                    "there and run it from that folder")
+
+
 @cli.command("presets")
 def presets_command() -> None:
     """List the named presets and their main settings."""
