@@ -38,11 +38,17 @@ def candidate_ends(first: int, last: int, window: int, horizon: int, stride: int
     return ends[(ends - (window - 1)) % stride == 0].astype(np.int64)
 
 
+# A window total taken as the difference of two running sums carries the running sum's rounding error (1e-12 after
+# years of rain), so a single 0.1 mm tip would "exceed" a 0.1 mm threshold in some windows and not in others.
+# Gauges report a few decimals: rounding the totals to 9 removes that noise before any comparison.
+_SUM_DECIMALS = 9
+
+
 def _window_sums(values: np.ndarray, length: int) -> np.ndarray:
     """sums[t] = values[t - length + 1 .. t] summed (the first length - 1 entries sum what exists)."""
     total = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
     t = np.arange(len(values))
-    return total[t + 1] - total[np.maximum(t + 1 - length, 0)]
+    return np.round(total[t + 1] - total[np.maximum(t + 1 - length, 0)], _SUM_DECIMALS)
 
 
 def rain_labels(precip: np.ndarray, horizon: int, threshold: float) -> np.ndarray:
@@ -53,7 +59,7 @@ def rain_labels(precip: np.ndarray, horizon: int, threshold: float) -> np.ndarra
     holes = np.concatenate([[0], np.cumsum(missing)])
     labels = np.full(n, np.nan)
     t = np.arange(max(n - horizon, 0))
-    future = total[t + horizon + 1] - total[t + 1]
+    future = np.round(total[t + horizon + 1] - total[t + 1], _SUM_DECIMALS)
     known = (holes[t + horizon + 1] - holes[t + 1]) == 0
     labels[t] = np.where(known, (future > threshold).astype(float), np.nan)
     return labels
