@@ -68,3 +68,35 @@ def test_a_model_that_never_predicts_rain_scores_zero_not_one():
     assert (m["val_precision"], m["val_recall"], m["val_f1"], m["val_mcc"]) == (0.0, 0.0, 0.0, 0.0)
     assert m["val_accuracy"] == 0.5
     assert confusion(np.zeros(3, dtype=int), np.zeros(3, dtype=int)) == [[3, 0], [0, 0]]   # rain row kept
+
+
+# ---- diagnostics/rules.py: whole findings, written out by hand ---------------------------------------------------
+
+def test_class_collapse_finding_in_full():
+    from rain_mlflow.diagnostics import RunHistory
+    from rain_mlflow.diagnostics.rules import Finding, class_collapse
+    from rain_mlflow.diagnostics.thresholds import Thresholds
+
+    h = RunHistory(run_id="r", run_name="r", status="FINISHED", params={},
+                   metrics={"val_pred_rain_fraction": {1: 0.5, 2: 0.01}}, last_update_ms=None)
+    assert class_collapse(h, Thresholds(), 0) == Finding(
+        "class_collapse", "val_pred_rain_fraction 1.00% at final epoch 2: predicts no rain for almost every window "
+        "(threshold >= 99.00% or <= 1.00%)", (2,), {"val_pred_rain_fraction": 0.01, "threshold": 0.99})
+
+
+def test_non_finite_loss_finding_in_full():
+    from rain_mlflow.diagnostics import RunHistory
+    from rain_mlflow.diagnostics.rules import Finding, non_finite_loss
+    from rain_mlflow.diagnostics.thresholds import Thresholds
+
+    nan = float("nan")
+    h = RunHistory(run_id="r", run_name="r", status="FINISHED", params={},
+                   metrics={"train_loss": {1: 0.5, 2: 0.4, 3: nan}, "val_loss": {1: 0.6, 2: nan, 3: nan}},
+                   last_update_ms=None)
+    assert non_finite_loss(h, Thresholds(), 0) == Finding(
+        "non_finite_loss", "val_loss is nan at epoch 2 (first non-finite loss; 3 non-finite values in "
+        "train_loss/val_loss at epochs 2-3)", (2, 3), {"metric": "val_loss", "epoch": 2, "value": "nan", "count": 3})
+    one = RunHistory(run_id="r", run_name="r", status="FINISHED", params={},
+                     metrics={"train_loss": {1: float("inf")}}, last_update_ms=None)
+    assert non_finite_loss(one, Thresholds(), 0).evidence == \
+        "train_loss is inf at epoch 1 (first non-finite loss; 1 non-finite value in train_loss/val_loss at epoch 1)"
