@@ -3,6 +3,7 @@ accounting against naive counts, the realistic record at 60-day windows, memory.
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from rain_mlflow import presets
 from rain_mlflow.data.clean import clean
 from rain_mlflow.data.dataset import prepare, resolve
-from rain_mlflow.data.windows import gather, rain_labels
+from rain_mlflow.data.windows import gather, persistence, rain_labels
 from rain_mlflow.errors import ConfigError, DataError
 from rain_mlflow.synth import synthetic_frame
 
@@ -36,6 +37,19 @@ def test_label_is_rain_over_the_next_horizon_steps():
     assert labels[0] == 1 and labels[1] == 1 and labels[2] == 0 and labels[3] == 0
     assert np.isnan(labels[4]) and np.isnan(labels[5])      # (t, t+2] touches the missing step 6
     assert np.isnan(labels[7]) and np.isnan(labels[8])      # beyond the end of the record
+
+
+@pytest.mark.parametrize("tip", [0.1, 0.2, 0.3])
+def test_a_total_equal_to_the_threshold_is_not_rain_however_long_the_record(tip):
+    # a gauge reading tip mm after k steps of rain: the windows holding only it total exactly `tip`, not above
+    rng = np.random.default_rng(0)
+    history = np.round(rng.gamma(0.7, 0.5, 20_000) * (rng.random(20_000) < 0.3), 1)
+    for k in range(0, 20_000, 500):
+        precip = np.concatenate([history[:k], [0, 0, 0, tip, 0, 0, 0]])
+        labels = rain_labels(precip, horizon=3, threshold=tip)
+        assert labels[k: k + 3].tolist() == [0, 0, 0], k                         # (t, t + 3] holds only the tip
+        assert rain_labels(precip, horizon=3, threshold=tip - 0.01)[k: k + 3].tolist() == [1, 1, 1], k
+        assert persistence(precip, labels, 3, tip)[k + 3: k + 6].tolist() == [0, 0, 0], k
 
 
 def test_no_training_label_reaches_validation_time(two_years):
@@ -65,16 +79,21 @@ def test_window_index_matches_naive_slicing(two_years):
     data, cfg = prepared(two_years, missing="exclude", max_fill=0)
     cleaned = clean(two_years, cfg.data, "synthetic")
     raw = cleaned.frame[list(cleaned.features)].to_numpy(dtype=float)
-    labels = rain_labels(cleaned.frame["precipitation"].to_numpy(dtype=float), cfg.data.horizon,
-                         cfg.data.rain_threshold)
+    precip = cleaned.frame["precipitation"].to_numpy(dtype=float)
+    seen = {True: 0, False: 0}
     for split in data.splits.values():
         pick = split.ends[:: max(1, split.size // 50)]
         windows = data.gather(pick)
         for end, window, label in zip(pick, windows, split.labels[:: max(1, split.size // 50)]):
             naive = (raw[end - data.window + 1: end + 1] - data.scaler_mean) / data.scaler_scale
             np.testing.assert_allclose(window, naive, rtol=1e-5, atol=1e-5)
-            assert label == labels[end]
+            future = precip[end + 1: end + 1 + cfg.data.horizon]          # the label's steps: (t, t + horizon]
+            assert len(future) == cfg.data.horizon and not np.isnan(future).any()
+            rained = math.fsum(future) > cfg.data.rain_threshold                 # the exact sum of the readings
+            assert label == float(rained), (end, future)
+            seen[rained] += 1
             assert not np.isnan(naive).any()          # exclude, no fill: never a window touching a missing value
+    assert seen[True] and seen[False]                 # both answers were compared
 
 
 def test_the_gather_helper_is_the_same_in_numpy_and_torch():

@@ -72,7 +72,9 @@ def test_every_config_field_is_a_train_option_in_both_spellings():
     train = cli.commands["train"]
     for name in FIELDS:
         option = option_for(train, name)
-        assert {"--" + name.replace("_", "-"), "--" + name} <= set(option.opts) | {"--" + name}
+        spellings = {"--" + name.replace("_", "-"), "--" + name}  # one spelling when the name has no underscore
+        assert spellings <= set(option.opts), (name, option.opts)
+        assert option.name == name, (name, option.name)          # both spellings set the config field itself
 
 
 def test_every_threshold_is_a_compare_option():

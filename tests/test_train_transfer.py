@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from rain_mlflow import presets
 from rain_mlflow.model import TimerXL
+from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train import checkpoint
 from tests.conftest import assert_user_error
 
@@ -23,6 +24,14 @@ def official_checkpoint(path, d_model: int = 32) -> dict:
     state = {f"module.{k}": v for k, v in backbone.state_dict().items()}  # a DDP-saved file: prefix stripped
     torch.save(state, path)
     return backbone.state_dict()
+
+
+def initial_head(payload: dict) -> dict:
+    """The non-backbone tensors of a freshly built classifier: the trainer seeds torch, then builds the model."""
+    cfg = checkpoint.config_of(payload)
+    torch.manual_seed(cfg.train.seed)
+    model = build_classifier(cfg, len(payload["features"]))
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
 
 
 def run_of(experiment: str):
@@ -50,11 +59,16 @@ def test_transfer_starts_from_the_file_and_freezes_the_backbone(store, synthetic
     last = checkpoint.load(client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path)))
     for key, value in released.items():                       # frozen for epoch 1: exactly the file's weights
         torch.testing.assert_close(last["model"][f"backbone.{key}"], value, rtol=0, atol=0)
-    head = [k for k in last["model"] if not k.startswith("backbone.")]
-    assert head  # the classifier head trained meanwhile
+    initial = initial_head(last)                              # the head as the trainer drew it, before epoch 1
+    assert initial.keys() == {k for k in last["model"] if not k.startswith("backbone.")} and initial
+    moved = {k: float((last["model"][k] - value).abs().max()) for k, value in initial.items()}
+    assert max(moved.values()) > 0, moved                     # the classifier head trained meanwhile
+    scale = max(float(value.abs().max()) for value in initial.values())
+    assert max(moved.values()) < 0.5 * scale, (moved, scale)  # by training steps, from that very draw
 
     result = cli("train", "--preset", "smoke", "--data", synthetic_csv, "--pretrain-model-path", path,
                  "--train-epochs", "1", "--experiment", "unfrozen")
+    assert result.code == 0, result.err
     client, run = run_of("unfrozen")
     moved = checkpoint.load(client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path / "u")))
     assert not torch.equal(moved["model"]["backbone.embedding.weight"], released["embedding.weight"])

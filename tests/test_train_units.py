@@ -86,9 +86,26 @@ def test_cuda_precision_follows_the_compute_capability(monkeypatch, capability, 
             select_precision("bf16", cuda)
 
 
-def test_cpu_flags_are_read_from_the_processor():
-    flags = open("/proc/cpuinfo").read()
-    assert precision_module.cpu_has_bf16_units() == (" avx512_bf16" in flags or " amx_bf16" in flags)
+CPUINFO = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 {extra} xsave\nbugs\t\t: spectre_v1\n"
+
+
+@pytest.mark.parametrize("extra, has_units", [("avx512f avx512bw avx512_vnni", False), ("avx512f avx512_bf16", True),
+                                              ("amx_tile amx_bf16 amx_int8", True), ("", False)])
+def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path, extra, has_units):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra=extra))
+    monkeypatch.setattr(precision_module, "Path", lambda _: cpuinfo)   # the file read, with these flags
+    assert precision_module.cpu_has_bf16_units() is has_units
+
+
+def test_bf16_units_are_absent_when_cpuinfo_cannot_be_read(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision_module, "Path", lambda _: tmp_path / "no-such-file")
+    assert precision_module.cpu_has_bf16_units() is False
+
+
+def test_this_processor_flags_decide_bf16_units():
+    flags = {word for line in open("/proc/cpuinfo") if line.startswith("flags") for word in line.split()}
+    assert precision_module.cpu_has_bf16_units() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a CPU-only machine gives")
