@@ -49,8 +49,10 @@ def test_two_gloo_processes_make_one_run_that_follows_the_single_process_run(sto
     for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "val_windows", "test_windows"):
         a, b = history(client, one.info.run_id, key), history(client, two.info.run_id, key)
         assert sorted(a) == sorted(b) == [1, 2], key
-        for epoch in a:  # the same global batch and the same windows: only float rounding differs
-            assert b[epoch] == pytest.approx(a[epoch], rel=2e-3, abs=1e-4), (key, epoch, a, b)
+        for epoch in a:  # the same global batches; the class-weighted loss is averaged per pass, and a pass holds
+            # half the windows with 2 ranks: a small difference, not a different training
+            tolerance = dict(abs=0.03) if "accuracy" in key else dict(rel=0.02)
+            assert b[epoch] == pytest.approx(a[epoch], **tolerance), (key, epoch, a, b)
     matrices = client.list_artifacts(two.info.run_id, "confusion_matrices")
     assert len(matrices) == 2
     assert {f.path for f in client.list_artifacts(two.info.run_id, "checkpoints")} == \
@@ -87,3 +89,42 @@ def test_sigkill_of_the_launcher_then_resume_logs_every_epoch_once(store, tiny_c
     for key in ("train_loss", "val_loss", "val_accuracy"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == [1, 2, 3, 4], (key, steps)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("total, batch_size", [(64, 64), (37, 16), (5, 4), (1, 8)])
+def test_each_window_of_a_step_is_used_once_across_ranks(size, total, batch_size):
+    import math
+
+    import torch
+
+    from rain_mlflow.train.distributed import World
+    from rain_mlflow.train.loop import step_passes
+
+    windows = torch.randperm(1000)[:total]
+    chunk = math.ceil(batch_size / size)
+    used, counts, weight = [], set(), 0.0
+    for rank in range(size):
+        passes = step_passes(windows, chunk, World(rank, size))
+        counts.add(len([p for p in passes if p[2]]))
+        assert passes[-1][2] and all(len(index) <= chunk for index, _, _ in passes)
+        used += [int(i) for index, w, _ in passes if w for i in index]
+        weight += sum(w / size for _, w, _ in passes)  # DDP averages the ranks' weighted gradients
+        # one gradient exchange per rank and step: the last pass, reached by every rank
+        assert len({id(p) for p in passes if p[2]}) == 1
+    assert sorted(used) == sorted(windows.tolist())          # every window exactly once
+    assert weight == pytest.approx(1.0)                       # so the step's gradient is the windows' mean
+    assert counts == {1}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [0, 1, 7, 100])
+def test_each_evaluation_window_is_scored_by_one_rank(monkeypatch, size, n):
+    from rain_mlflow.train import distributed
+
+    scored = []
+    for rank in range(size):
+        monkeypatch.setattr(distributed, "_world", distributed.World(rank, size))
+        part = distributed.shard(n)
+        scored += list(range(n))[part]
+    assert scored == list(range(n))

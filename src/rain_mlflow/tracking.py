@@ -389,7 +389,7 @@ class Tracker:
 
         op = {"kind": "model", "checkpoint": str(Path(checkpoint_path).resolve()), "window": int(window),
               "n_vars": int(n_vars), "step": int(step)}
-        if self.outbox is None or (self.flush() and self.outbox.online):
+        if self.outbox is None or (self.outbox.online and self.flush(0)):  # away: queued, never waited for
             try:
                 return self._write("log model", lambda: log_model_once(self.client, self.run_id, op,
                                                                          input_example))

@@ -212,18 +212,7 @@ def train_one_epoch(cfg: RunConfig, model: nn.Module, batches: Batches, criterio
             group["lr"] = lr
         first, last = step * per_step, min((step + 1) * per_step, n)
         optimizer.zero_grad(set_to_none=True)
-        mine = permutation[first:last][world.rank::world.size]  # this rank's share of the step's windows
-        passes = math.ceil(math.ceil((last - first) / world.size) / chunk)  # the same count on every rank
-        for p in range(passes):
-            index = mine[p * chunk:(p + 1) * chunk]
-            final = p + 1 == passes
-            if len(index) == 0 and not final:
-                continue
-            # DDP averages the ranks' gradients once, at the step's last pass; an empty last share still takes
-            # part (one window, weight 0), or the other ranks would wait for it.
-            weight = len(index) * world.size / (last - first)
-            if len(index) == 0:
-                index, weight = permutation[first:first + 1], 0.0
+        for index, weight, final in step_passes(permutation[first:last], chunk, world):
             x, y = batches.get("train", index)
             with no_sync(model, final):
                 with precision.autocast():
@@ -343,6 +332,27 @@ def evaluate(model: nn.Module, batches: Batches, split: str, criterion: nn.Modul
     if split == "val":
         metrics["val_pred_rain_fraction"] = float(predicted.mean())
     return metrics, confusion(labels, predicted)
+
+
+def step_passes(windows: Tensor, chunk: int, world: distributed.World) -> list[tuple[Tensor, float, bool]]:
+    """This rank's forward passes over one optimiser step's windows: (index, loss weight, last pass?).
+
+    Rank r takes every N-th window. Each pass's mean loss is weighted by its share of the step's windows times N
+    (DDP averages over the N ranks), so the step's gradient is the mean over all of its windows. Every rank makes
+    the same number of passes, so each reaches the step's one gradient exchange (its last pass); a rank with
+    nothing left for that pass still takes part with one window at weight 0."""
+    total = len(windows)
+    mine = windows[world.rank::world.size]
+    count = math.ceil(math.ceil(total / world.size) / chunk)
+    passes = []
+    for p in range(count):
+        index = mine[p * chunk:(p + 1) * chunk]
+        final = p + 1 == count
+        if len(index):
+            passes.append((index, len(index) * world.size / total, final))
+        elif final:
+            passes.append((windows[:1], 0.0, True))
+    return passes
 
 
 def from_counts(tn: int, fp: int, fn: int, tp: int) -> tuple[np.ndarray, np.ndarray]:
