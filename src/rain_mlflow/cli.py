@@ -370,8 +370,8 @@ def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | Non
 
 @cli.command("sync")
 @click.argument("folder", required=False, metavar="RUN_FOLDER")
-@click.option("--run-folder", "--run_folder", "run_folder", default=None, metavar="RUN_FOLDER",
-              type=Checked("run_folder", "text"),
+@click.option("--run-folder", "--run_folder", "run_folder", default="", metavar="RUN_FOLDER",
+              type=Checked("run_folder", "text", optional=True),
               help="the run folder (the spelling `mlflow run -e sync -P run_folder=...` uses)")
 def sync(folder: str | None, run_folder: str | None) -> None:
     """Deliver the writes a training run kept locally during a tracking outage (RUN_FOLDER: rain-runs/<run id>)."""
