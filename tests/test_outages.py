@@ -139,7 +139,8 @@ def test_a_write_delivered_twice_is_stored_once(store, tmp_path):
     """A request that reached the store but whose answer was lost is sent again: the store must not change."""
     from mlflow.tracking import MlflowClient
 
-    from rain_mlflow.tracking import Tracker, connect, deliver
+    from rain_mlflow.errors import UserError
+    from rain_mlflow.tracking import Tracker, connect, deliver, sync_run
 
     connect("twice")
     with Tracker.start("train", run_name="twice", durable=True) as tracker:
@@ -148,6 +149,8 @@ def test_a_write_delivered_twice_is_stored_once(store, tmp_path):
         (tmp_path / "last.pt").write_bytes(b"weights")
         tracker.log_artifact(tmp_path / "last.pt", "checkpoints")
         assert tracker.flush(30)
+        with pytest.raises(UserError, match="in use by a training process"):  # its own process delivers it
+            sync_run(tracker.folder)
         ops = [{"kind": "metrics", "metrics": [["val_loss", 0.5, 1_700_000_000_000, 2]]},
                {"kind": "tags", "tags": {"diagnosis": "stalled"}},
                {"kind": "artifact", "path": str(tmp_path / "last.pt"), "dir": "checkpoints"},

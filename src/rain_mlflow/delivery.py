@@ -138,7 +138,33 @@ def sync_run(folder: Path) -> dict[str, Any]:
     return {"run_id": run_id, "delivered": count, "status": run.info.status, "rejected": len(rejected)}
 
 
+def hold_folder(folder: Path) -> Any:
+    """An exclusive lock on the run folder while a process writes it (an open file; closing it releases it);
+    a UserError when another process holds it. None where the platform has no advisory locks."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(Path(folder) / ".lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"RUN_FOLDER {str(folder)!r} is in use by a training process; its writes are being "
+                        "delivered by it (wait for it to end, or stop it first)") from None
+    return handle
+
+
 def _drain(folder: Path, run_id: str) -> int:
+    lock = hold_folder(folder)
+    try:
+        return _drain_held(folder, run_id)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _drain_held(folder: Path, run_id: str) -> int:
     use_store()
     client = MlflowClient()
     outbox = Outbox(folder / "outbox", lambda op: deliver(client, run_id, op), is_outage, shown(tracking_uri()))

@@ -40,8 +40,8 @@ from mlflow.tracking import MlflowClient
 
 from rain_mlflow import interrupts, ui
 from rain_mlflow.errors import UserError
-from rain_mlflow.delivery import (RUN_FILE, deliver, deliver_pending, is_outage, log_model_once, run_folder,
-                                  sync_run, within)
+from rain_mlflow.delivery import (RUN_FILE, deliver, deliver_pending, hold_folder, is_outage, log_model_once,
+                                  run_folder, sync_run, within)
 from rain_mlflow.outbox import Outbox
 from rain_mlflow.store import retry_locked, reachable, shown, tracking_uri, use_store
 
@@ -157,6 +157,7 @@ class Tracker:
         self._tags: dict[str, str] = {}      # tags as this process last wrote them (a durable run reads these)
         self._deleted: set[str] = set()
         self._saved_env: dict[str, str | None] = {}
+        self._lock: Any = None
 
     @classmethod
     @contextmanager
@@ -196,6 +197,7 @@ class Tracker:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / RUN_FILE).write_text(json.dumps(
             {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": tracking_uri()}))
+        self._lock = hold_folder(self.folder)  # `sync` refuses a folder a training process is writing
         self._tags = dict(tags)
         self._saved_env = {k: os.environ.get(k) for k in OUTBOX_HTTP}
         os.environ.update(OUTBOX_HTTP)
@@ -237,6 +239,8 @@ class Tracker:
             if tags:
                 self.set_tags(tags)
             delivered = self.outbox.close(float(os.environ.get("RAIN_MLFLOW_FLUSH_TIMEOUT_S", "60")))
+            if self._lock is not None:
+                self._lock.close()
             for key, value in self._saved_env.items():
                 os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
             if delivered:
