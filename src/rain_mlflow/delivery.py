@@ -116,7 +116,10 @@ def deliver_pending(run_id: str) -> int:
     folder = run_folder(run_id)
     if not (folder / "outbox").is_dir():
         return 0
-    return _drain(folder, run_id)
+    try:
+        return _drain(folder, run_id)
+    except FolderInUse:  # its trainer is alive and delivers them itself; resume then says the run is taken
+        return 0
 
 
 def sync_run(folder: Path) -> dict[str, Any]:
@@ -138,6 +141,10 @@ def sync_run(folder: Path) -> dict[str, Any]:
     return {"run_id": run_id, "delivered": count, "status": run.info.status, "rejected": len(rejected)}
 
 
+class FolderInUse(UserError):
+    """Another process (the run's trainer) holds the run folder."""
+
+
 def hold_folder(folder: Path) -> Any:
     """An exclusive lock on the run folder while a process writes it (an open file; closing it releases it);
     a UserError when another process holds it. None where the platform has no advisory locks."""
@@ -150,7 +157,7 @@ def hold_folder(folder: Path) -> Any:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise UserError(f"RUN_FOLDER {str(folder)!r} is in use by a training process; its writes are being "
+        raise FolderInUse(f"RUN_FOLDER {str(folder)!r} is in use by a training process; its writes are being "
                         "delivered by it (wait for it to end, or stop it first)") from None
     return handle
 
