@@ -20,6 +20,7 @@ COMMAND_OPTIONS = {  # parameters that belong to a command, not to the run confi
     "promote": {"model_name", "metric", "alias"},
     "import-log": {"log"},
     "tune": {"n_trials", "metric", "pruner", "prune_on"},
+    "sync": {"run_folder"},
 }
 
 
@@ -38,7 +39,7 @@ def option_for(command: click.Command, param: str) -> click.Option:
 def test_entry_points_are_the_commands():
     project = load_project()
     assert set(project["entry_points"]) == {"main", "synth", "clean", "train", "test", "compare", "promote",
-                                            "import-log", "tune"}
+                                            "import-log", "tune", "sync"}
     assert project["python_env"] == "mlproject/python_env.yaml"
     assert (REPO / project["python_env"]).is_file()
 

@@ -140,12 +140,16 @@ def clean(output: str, report_path: str | None, experiment: str | None, **option
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 @click.option("--run-name", "--run_name", "run_name", default=None, type=Checked("run_name", "text"),
               help="MLflow run name [default: the preset]")
+@click.option("--devices", default="1", show_default=True, metavar="INT", type=Checked("devices", "int", min=1),
+              help="train with N processes (one per GPU; gloo on CPU): launches `torchrun --nproc-per-node N`")
 def train(preset: str | None, resume: str | None, reschedule: bool, force: bool, dry_run: bool, fmt: str,
-          experiment: str | None, run_name: str | None, **options: Any) -> None:
+          experiment: str | None, run_name: str | None, devices: int, **options: Any) -> None:
     """Train a classifier and record everything in one MLflow run."""
     from rain_mlflow import presets
-    from rain_mlflow.train import run_training
+    from rain_mlflow.train import distributed, run_training
 
+    if devices > 1 and not dry_run and not distributed.launched():
+        sys.exit(distributed.launch(devices, distributed.without_option(_ARGV, "--devices")))
     if fmt == "json" and not dry_run:
         raise UserError(f"format must be text (json is for --dry-run); got {fmt!r}")
     overrides = overrides_from(options)
@@ -421,6 +425,25 @@ def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | Non
                 vram_budget_gb=vram_budget_gb, vram_peak_gb=vram_peak_gb)
 
 
+@cli.command("sync")
+@click.argument("folder", required=False, metavar="RUN_FOLDER")
+@click.option("--run-folder", "--run_folder", "run_folder", default="", metavar="RUN_FOLDER",
+              type=Checked("run_folder", "text", optional=True),
+              help="the run folder (the spelling `mlflow run -e sync -P run_folder=...` uses)")
+def sync(folder: str | None, run_folder: str | None) -> None:
+    """Deliver the writes a training run kept locally during a tracking outage (RUN_FOLDER: rain-runs/<run id>)."""
+    from pathlib import Path
+
+    from rain_mlflow.tracking import sync_run
+
+    chosen = folder or run_folder
+    if not chosen:
+        raise UserError("RUN_FOLDER must be given (a folder under rain-runs/ or $RAIN_MLFLOW_HOME/runs/); got none")
+    done = sync_run(Path(chosen))
+    click.echo(f"run {done['run_id']}: delivered {done['delivered']} writes; status {done['status']}"
+               + (f"; {done['rejected']} refused by the store, kept in {chosen}" if done["rejected"] else ""))
+
+
 @cli.command("main")
 @click.option("--preset", default="smoke", show_default=True, type=Checked("preset", "preset"),
               help="preset trained by the pipeline")
@@ -488,6 +511,9 @@ def presets_command() -> None:
                "`rain-mlflow train --preset NAME --dry-run`.")
 
 
+_ARGV: list[str] = []  # this command line, for `train --devices N` to hand to torchrun
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: what the package promises on failure (README, "When something fails").
 
@@ -501,6 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs readable
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print links to the training view
     bound_http_retries()
+    _ARGV[:] = list(argv) if argv is not None else sys.argv[1:]
     try:
         with interrupts.handling():
             code = cli.main(args=argv, prog_name="rain-mlflow", standalone_mode=False)

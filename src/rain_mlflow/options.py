@@ -47,6 +47,8 @@ def _fail(field: str, rule: str, value: Any) -> ConfigError:
 
 
 def _text(field: str, value: str, rule: dict) -> str:
+    if rule.get("optional") and not value.strip():  # `mlflow run` passes "" for a parameter left out
+        return ""
     if not value.strip():
         raise _fail(field, "a non-empty name", value)
     return value.strip()

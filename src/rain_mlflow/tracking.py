@@ -9,17 +9,25 @@
 - A run that ends by an exception is marked FAILED with the reason in the tag `failure_reason`; Ctrl-C and
   SIGTERM end it KILLED with `killed_by` (see `interrupts.py`). The status is written first and the tags after,
   each on its own, so a store that fails mid-way still leaves the status if anything can be written.
-- Every write goes through `Tracker._write`: held from signals (never half an artifact) and retried while another
+- Every write goes through `Tracker._send`: held from signals (never half an artifact) and retried while another
   process holds sqlite's write lock. The store itself (URI, first contact, errors) is `store.py`.
+- A training run (`Tracker.start(..., durable=True)`) has a local run folder, `run_folder(run_id)`:
+  `$RAIN_MLFLOW_HOME/runs/<run_id>/`, else `./rain-runs/<run_id>/`. Its checkpoints are written there first, and
+  its writes go to an on-disk outbox there (`outbox.py`) that a background thread delivers in order: training
+  never waits for the store and goes on through an outage. The folder is deleted once everything, the end status
+  included, is in the store; otherwise `rain-mlflow sync RUN_FOLDER` (`sync_run`) delivers the rest later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import posixpath
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -27,21 +35,26 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from rain_mlflow import interrupts, ui
 from rain_mlflow.errors import UserError
+from rain_mlflow.delivery import (RUN_FILE, deliver, deliver_pending, hold_folder, is_outage, log_model_once,
+                                  run_folder, sync_run, within)
+from rain_mlflow.outbox import Outbox
 from rain_mlflow.store import retry_locked, reachable, shown, tracking_uri, use_store
 
-__all__ = ["Tracker", "connect", "data_digest", "end_launched_run", "experiment_name", "find_run", "same_data",
-           "tracking_uri", "use_store", "write_run_diagnosis"]
+__all__ = ["Tracker", "connect", "data_digest", "deliver_pending", "end_launched_run", "experiment_name", "find_run",
+           "run_folder", "same_data", "sync_run", "tracking_uri", "use_store", "write_run_diagnosis"]
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "rain-timerxl"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 STEP_TAG = "rain.step"  # which command made the run: clean, train, test, compare, promote, main
+# While a durable run trains, a failed request is retried once; the outbox retries after that, in the background.
+OUTBOX_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def experiment_name(explicit: str | None = None) -> str:
@@ -133,18 +146,26 @@ def param_text(value: Any) -> str:
 
 class Tracker:
     """Writes one run. Use `Tracker.start(...)` as a context manager; everything else is a thin method that
-    goes through `_write` (the one place a durable queue or another retry policy would go)."""
+    goes through `_send`: straight to the store, or (a durable run) into the run's outbox."""
 
     def __init__(self, run: mlflow.ActiveRun):
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
         self.client = MlflowClient()
+        self.folder: Path | None = None      # the local run folder of a durable run
+        self.outbox: Outbox | None = None
+        self._tags: dict[str, str] = {}      # tags as this process last wrote them (a durable run reads these)
+        self._deleted: set[str] = set()
+        self._saved_env: dict[str, str | None] = {}
+        self._lock: Any = None
 
     @classmethod
     @contextmanager
     def start(cls, step: str, run_name: str | None = None, resume_run_id: str | None = None,
-              system_metrics: bool = False, tags: dict[str, str] | None = None) -> Iterator[Tracker]:
-        """Open (or attach to, or resume) a run; end it FINISHED, FAILED (with the reason) or KILLED."""
+              system_metrics: bool = False, tags: dict[str, str] | None = None,
+              durable: bool = False) -> Iterator[Tracker]:
+        """Open (or attach to, or resume) a run; end it FINISHED, FAILED (with the reason) or KILLED.
+        `durable`: a local run folder and an outbox (see the module docstring)."""
         nested = mlflow.active_run() is not None  # a step of `main`: a child of its run
         kwargs: dict[str, Any] = dict(log_system_metrics=system_metrics)
         if resume_run_id:
@@ -156,6 +177,8 @@ class Tracker:
                 run = retry_locked(lambda: mlflow.start_run(**kwargs), "start run")
             tracker = cls(run)
             try:
+                if durable:
+                    tracker._open_outbox(run.data.tags)
                 tracker.set_tags({STEP_TAG: step, **(tags or {})})
                 yield tracker
             except KeyboardInterrupt as exc:
@@ -169,8 +192,24 @@ class Tracker:
             else:
                 tracker.end("FINISHED", strict=True)
 
+    def _open_outbox(self, tags: dict[str, str]) -> None:
+        self.folder = run_folder(self.run_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / RUN_FILE).write_text(json.dumps(
+            {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": tracking_uri()}))
+        self._lock = hold_folder(self.folder)  # `sync` refuses a folder a training process is writing
+        self._tags = dict(tags)
+        self._saved_env = {k: os.environ.get(k) for k in OUTBOX_HTTP}
+        os.environ.update(OUTBOX_HTTP)
+        self.outbox = Outbox(self.folder / "outbox", lambda op: deliver(self.client, self.run_id, op), is_outage,
+                             shown(tracking_uri()))
+        self.outbox.start()
+
     def end(self, status: str, tags: dict[str, str] | None = None, strict: bool = False) -> None:
         """End the run with `status` first, then add `tags`; on a failure path each part is best-effort."""
+        if self.outbox is not None:
+            self._end_through_outbox(status, tags)
+            return
         with interrupts.shielded():
             try:
                 retry_locked(lambda: self.client.set_terminated(self.run_id, status), "end run")
@@ -190,10 +229,54 @@ class Tracker:
                     log.warning("run %s ended %s but its tags %s could not be written: %s", self.run_id, status,
                                 ", ".join(tags), " ".join(str(exc).split())[:200])
 
+    def _end_through_outbox(self, status: str, tags: dict[str, str] | None) -> None:
+        """The end status and tags join the outbox; wait for it (`RAIN_MLFLOW_FLUSH_TIMEOUT_S` of outage at most),
+        then delete the run folder if the store has everything, else say how to deliver the rest."""
+        assert self.outbox is not None and self.folder is not None
+        with interrupts.shielded():
+            _forget_active_run(self.run_id)  # stops MLflow's system-metrics thread; no write of its own
+            self._send("end run", {"kind": "terminate", "status": status})
+            if tags:
+                self.set_tags(tags)
+            delivered = self.outbox.close(float(os.environ.get("RAIN_MLFLOW_FLUSH_TIMEOUT_S", "60")))
+            if self._lock is not None:
+                self._lock.close()
+            for key, value in self._saved_env.items():
+                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if delivered:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    self.folder.parent.rmdir()  # only when empty
+            else:
+                log.warning("run %s ended %s, but %d of its writes (the end status among them) are not in %s yet; "
+                            "they are kept in %s: deliver them with `rain-mlflow sync %s`", self.run_id, status,
+                            self.outbox.pending(), shown(tracking_uri()), self.folder, self.folder)
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the outbox is delivered (True at once without one)."""
+        return self.outbox is None or self.outbox.flush(timeout_s)
+
+    def _send(self, what: str, op: dict[str, Any]) -> None:
+        """Every write: into the outbox, or straight to the store (held from signals, retried while another
+        process holds sqlite's lock)."""
+        if self.outbox is not None:
+            self.outbox.put(op)
+        else:
+            self._write(what, lambda: deliver(self.client, self.run_id, op))
+
     def _write(self, what: str, write: Callable[[], T]) -> T:
-        """Every store write: held from signals, and retried while another process holds sqlite's lock."""
         with interrupts.shielded():
             return retry_locked(write, what)
+
+    def _send_file(self, artifact_file: str, write: Callable[[Path], None]) -> None:
+        """An artifact whose content `write(path)` produces (a dict, a text, a figure)."""
+        folder, name = posixpath.split(artifact_file)
+        if self.outbox is not None:
+            self.outbox.put_file(name, write, {"kind": "artifact", "dir": folder or None})
+            return
+        with tempfile.TemporaryDirectory(prefix="rain-mlflow-") as tmp:
+            write(Path(tmp) / name)
+            self._send("log artifact", {"kind": "artifact", "path": str(Path(tmp) / name), "dir": folder or None})
 
     @contextmanager
     def keep_alive(self) -> Iterator[None]:
@@ -225,23 +308,23 @@ class Tracker:
         for key, value in params.items():
             text = param_text(value)
             if key not in existing:
-                fresh.append(Param(key, text))
+                fresh.append([key, text])
             elif not _equivalent(existing[key], text) and f"resolved.{key}" not in existing:
-                fresh.append(Param(f"resolved.{key}", text))
+                fresh.append([f"resolved.{key}", text])
         for i in range(0, len(fresh), 100):
-            chunk = fresh[i:i + 100]
-            self._write("log params", lambda: self.client.log_batch(self.run_id, params=chunk))
+            self._send("log params", {"kind": "params", "params": fresh[i:i + 100]})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = _now_ms()
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        now = _now_ms()  # taken now and kept: a write delivered twice is then the same row (see outbox.py)
+        batch = [[k, float(v), now, int(step)] for k, v in metrics.items() if v is not None]
         for i in range(0, len(batch), 1000):
-            chunk = batch[i:i + 1000]
-            self._write("log metrics", lambda: self.client.log_batch(self.run_id, metrics=chunk))
+            self._send("log metrics", {"kind": "metrics", "metrics": batch[i:i + 1000]})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        batch = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._write("set tags", lambda: self.client.log_batch(self.run_id, tags=batch))
+        tags = {k: str(v) for k, v in tags.items()}
+        self._tags.update(tags)
+        self._deleted.difference_update(tags)
+        self._send("set tags", {"kind": "tags", "tags": tags})
 
     def set_note(self, text: str) -> None:
         self.set_tags({"mlflow.note.content": text})
@@ -249,34 +332,48 @@ class Tracker:
     def set_diagnosis(self, findings: list, thresholds: Any = None) -> None:
         """`diagnosis` = ok or the sorted flags, one `diagnosis.<flag>` evidence tag each, the thresholds used;
         stale ones removed."""
-        self._write("write diagnosis", lambda: write_run_diagnosis(self.client, self.run_id, findings,
-                                                                  thresholds=thresholds))
+        from rain_mlflow.diagnostics import diagnosis_tags, tag_changes
+
+        changed, stale = tag_changes(self.tags(), diagnosis_tags(findings, thresholds))
+        if changed:
+            self.set_tags(changed)
+        if stale:
+            for key in stale:
+                self._tags.pop(key, None)
+            self._deleted.update(stale)
+            self._send("delete tags", {"kind": "delete_tags", "keys": list(stale)})
 
     def current_diagnosis(self) -> str:
-        return self.client.get_run(self.run_id).data.tags.get("diagnosis", "ok")
+        return self.tags().get("diagnosis", "ok")
 
     def tags(self) -> dict[str, str]:
-        """The run's tags as they are now (e.g. the stored `diagnosis.thresholds`)."""
-        return dict(self.client.get_run(self.run_id).data.tags)
+        """The run's tags as they are now (e.g. the stored `diagnosis.thresholds`). A durable run asks the store
+        for a few seconds at most and lays its own writes (delivered or not) over the answer."""
+        if self.outbox is None:
+            return dict(self.client.get_run(self.run_id).data.tags)
+        stored = within(5.0, lambda: self.client.get_run(self.run_id).data.tags) if self.outbox.online else None
+        merged = {k: v for k, v in (stored or {}).items() if k not in self._deleted}
+        return {**merged, **self._tags}
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     # -- artifacts -------------------------------------------------------------------------------------------
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str | None = None) -> None:
-        self._write("log artifact", lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))
+        self._send("log artifact", {"kind": "artifact", "path": str(Path(path).resolve()), "dir": artifact_dir})
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        self._write("log dict", lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+        self._send_file(artifact_file, lambda p: p.write_text(json.dumps(obj, indent=2)))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._write("log text", lambda: self.client.log_text(self.run_id, text, artifact_file))
+        self._send_file(artifact_file, lambda p: p.write_text(text))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self._write("log figure", lambda: self.client.log_figure(self.run_id, figure, artifact_file))
+        self._send_file(artifact_file, lambda p: figure.savefig(p))
 
     def log_input(self, frame: Any, source: str, name: str, context: str) -> str:
-        """Log the input data as an MLflow dataset whose digest is `data_digest(frame)`; return the digest."""
+        """Log the input data as an MLflow dataset whose digest is `data_digest(frame)`; return the digest.
+        (Written directly: it belongs to the run's setup, right after the store answered.)"""
         digest = data_digest(frame)
         if os.path.exists(source):
             dataset = mlflow.data.from_pandas(frame, source=str(Path(source).resolve()), name=name, digest=digest)
@@ -288,13 +385,24 @@ class Tracker:
         self._write("log input", lambda: mlflow.log_input(dataset, context=context))
         return digest
 
-    def log_model(self, checkpoint_path: Path, window: int, n_vars: int, input_example: Any, step: int) -> str:
-        """Log the serving model (see `model/serving.py`) from `best.pt`; return its LoggedModel id."""
-        from rain_mlflow.model import serving
+    def log_model(self, checkpoint_path: Path, window: int, n_vars: int, input_example: Any,
+                  step: int) -> str | None:
+        """Log the serving model (see `model/serving.py`) from `best.pt`; return its LoggedModel id, or None when
+        the store is away (then it waits in the outbox with the rest, and gets its `model_id` tag on delivery)."""
+        import numpy as np
 
-        info = self._write("log model", lambda: serving.log_pyfunc(checkpoint_path, window, n_vars,
-                                                                    input_example, step))
-        return info.model_id
+        op = {"kind": "model", "checkpoint": str(Path(checkpoint_path).resolve()), "window": int(window),
+              "n_vars": int(n_vars), "step": int(step)}
+        if self.outbox is None or (self.outbox.online and self.flush(0)):  # away: queued, never waited for
+            try:
+                return self._write("log model", lambda: log_model_once(self.client, self.run_id, op,
+                                                                         input_example))
+            except Exception as exc:
+                if self.outbox is None or not is_outage(exc):
+                    raise
+        assert self.outbox is not None
+        self.outbox.put_file("input_example.npy", lambda p: np.save(p, np.asarray(input_example)), op)
+        return None
 
     def download_artifact(self, artifact_path: str, dst_dir: str | None = None) -> Path:
         return self.download_run_artifact(self.run_id, artifact_path, dst_dir)

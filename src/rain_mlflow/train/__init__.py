@@ -11,7 +11,6 @@ summary note.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +30,7 @@ from rain_mlflow.model import load_pretrained_backbone
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model.transfer import shapes_of
 from rain_mlflow.presets import time_meaning
-from rain_mlflow.train import checkpoint
+from rain_mlflow.train import checkpoint, distributed
 from rain_mlflow.train.dry_run import dry_run_report
 from rain_mlflow.train.loop import FitResult, NonFiniteLoss, TrainState, fit
 from rain_mlflow.train.baselines import prepared_baselines, skill
@@ -49,23 +48,48 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
                  dry_run: bool = False, experiment: str | None = None, run_name: str | None = None,
                  output_format: str = "text", reschedule: bool = False, force: bool = False,
                  tags: dict[str, str] | None = None, on_epoch: EpochHook | None = None) -> dict:
-    """Train (or resume, or dry-run) and return a small summary dict (run id, best epoch, metrics).
+    """Train (or resume, or dry-run) and return a small summary dict (run id, best epoch, metrics). Under torchrun
+    every rank calls this; rank 0 alone talks to MLflow (`distributed.py`).
 
     `tags` go on the run when it starts; `on_epoch(epoch, metrics, findings)` is called after each epoch's live
     diagnosis and may return a reason to stop (`tune` reports to Optuna and prunes through it)."""
-    from rain_mlflow.tracking import connect
+    world = distributed.init((overrides or {}).get("device") or (cfg.train.device if cfg else "auto"))
+    try:
+        return _run_training(world, cfg, overrides, resume, dry_run, experiment, run_name, output_format,
+                             reschedule, force, tags, on_epoch)
+    finally:
+        distributed.shutdown()
+
+
+def _run_training(world: distributed.World, cfg: RunConfig | None, overrides: dict[str, Any] | None,
+                  resume: str | None, dry_run: bool, experiment: str | None, run_name: str | None,
+                  output_format: str, reschedule: bool, force: bool, tags: dict[str, str] | None,
+                  on_epoch: EpochHook | None) -> dict:
+    from rain_mlflow.tracking import connect, deliver_pending, run_folder
 
     resume_payload = None
-    if resume:
-        connect(experiment, run_id=resume)
-        cfg, resume_payload = resume_source(resume, overrides or {}, reschedule=reschedule, force=force)
+    if resume:  # rank 0 reads the run and its last.pt; the other ranks get both from it
+        shared = None
+        if world.main:
+            try:
+                connect(experiment, run_id=resume)
+                if deliver_pending(resume):  # what an earlier session left undelivered, before reading the run
+                    click.echo(f"delivered the writes run {resume} had left in {run_folder(resume)}")
+                shared = resume_source(resume, overrides or {}, reschedule=reschedule, force=force)
+            finally:
+                distributed.broadcast(shared)
+        else:
+            shared = distributed.broadcast(None)
+            if shared is None:
+                raise SystemExit(2)  # rank 0 says why
+        cfg, resume_payload = shared
     assert cfg is not None
     raw, cleaned = load_clean(cfg.data)
     given, cfg = cfg, resolve(cfg, cleaned)  # from here on every time setting is a step count
     data = prepare(cleaned, cfg)
     clean_report = {**cleaned.report, "time_settings": time_settings(given.data, cfg.data, cleaned.step),
                     "time_meaning": time_meaning(cfg, cleaned.step, data.window)}
-    device = select_device(cfg.train.device)
+    device = select_device(distributed.device_for(cfg.train.device))
     precision = select_precision(cfg.train.amp, device)
     precision.configure_backends()
     torch.manual_seed(cfg.train.seed)
@@ -77,11 +101,14 @@ def run_training(cfg: RunConfig | None, overrides: dict[str, Any] | None = None,
         status = weights.status(source) if source is not None else None
         return dry_run_report(cfg, data, clean_report, model.to(device), precision, status, output_format)
     pretrained = None
-    if source is not None:  # found, downloaded and verified before any run exists: a failure leaves none behind
+    if source is not None and world.main:  # found, downloaded and verified before any run exists (other ranks
+        # get the weights from rank 0 when DDP wraps the model)
         resolved = weights.fetch(source, shapes_of(model.backbone.state_dict()))
         pretrained = {**load_pretrained_backbone(model.backbone, resolved.path), "sha256": resolved.sha256,
                       "source": source.kind, "origin": resolved.origin}
     model.to(device)
+    if not world.main:
+        return _untracked_run(cfg, data, model, precision, resume_payload)
     if not resume:
         connect(experiment)
     return _tracked_run(cfg, data, raw, clean_report, model, precision, pretrained, resume, resume_payload,
@@ -95,10 +122,11 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
     from rain_mlflow import ui
     from rain_mlflow.tracking import Tracker, tracking_uri
 
-    with tempfile.TemporaryDirectory(prefix="rain-mlflow-") as tmp, Tracker.start(
-            "train", run_name=run_name or cfg.preset, resume_run_id=resume, system_metrics=True,
-            tags={"preset": cfg.preset, **(tags or {})}) as tracker, tracker.keep_alive():
-        workdir = Path(tmp)
+    with Tracker.start("train", run_name=run_name or cfg.preset, resume_run_id=resume, system_metrics=True,
+                       tags={"preset": cfg.preset, **(tags or {})}, durable=True) as tracker, tracker.keep_alive():
+        assert tracker.folder is not None
+        workdir = tracker.folder / "checkpoints"  # written here first; the outbox sends them to the store
+        workdir.mkdir(exist_ok=True)
         epochs = EpochTracker(tracker, cfg, data, on_epoch)
         if resume_payload is None:
             _record_setup(tracker, cfg, data, raw, clean_report, model, precision, pretrained)
@@ -130,6 +158,16 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
                     from None
             raise
         return _finish(tracker, cfg, data, result, workdir)
+
+
+def _untracked_run(cfg: RunConfig, data: PreparedData, model: torch.nn.Module, precision: Precision,
+                   resume_payload: dict | None) -> dict:
+    """A rank other than 0 trains its share; rank 0 tracks, checkpoints and decides when to stop."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rain-mlflow-rank-") as tmp:
+        result = fit(cfg, data, model, precision, Path(tmp), lambda *_: None, resume=resume_payload)
+    return {"best_epoch": result.state.best_epoch, "stopped_by": result.stopped_by}
 
 
 def _continue_run(tracker: Any, cfg: RunConfig, precision: Precision, raw: Any, clean_report: dict,

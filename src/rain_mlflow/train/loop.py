@@ -9,10 +9,17 @@ confusion matrices, (5) the live diagnosis, which may stop the run.
 The host never waits for the GPU inside the step loop: the loss sum and a marker of the first NaN / inf loss stay
 on the device (`LossWatch`) and are read every `check_loss_every` optimiser steps and at the end of the epoch. A
 non-finite loss still stops the run, naming the epoch, the step and the steps that check covered.
+
+Under torchrun (`distributed.py`) the same loop runs in every process: the model is wrapped in PyTorch's
+DistributedDataParallel, each optimiser step's windows are split between the ranks (every window used once per
+epoch), the evaluation windows too (each scored once), and the sums and confusion matrices are added up across
+ranks, so every rank sees the same metrics. Rank 0 alone writes checkpoints and tracks; its stop decision is
+broadcast so every rank stops together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -30,6 +37,7 @@ from rain_mlflow.config import RunConfig
 from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import set_backbone_frozen
+from rain_mlflow.train import distributed
 from rain_mlflow.train.checkpoint import LAST_FORMAT, model_payload, save as save_checkpoint
 from rain_mlflow.train.losses import build_loss
 from rain_mlflow.train.metrics import confusion, split_metrics
@@ -110,7 +118,9 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
     criterion = build_loss(t.loss, t.focal_gamma, train_split.no_rain, train_split.rain).to(device)
     optimizer = build_optimizer(model, t.learning_rate, t.weight_decay, device)
     scaler = precision.grad_scaler()
-    net = compile_or_eager(model, batches, precision) if t.compile else model  # `model` keeps the state dict
+    world = distributed.world()
+    net = parallel(model, device)
+    net = compile_or_eager(net, batches, precision) if t.compile else net  # `model` keeps the state dict
     order = torch.Generator().manual_seed(t.seed)  # batch order; its state travels in last.pt
     state = TrainState()
     if resume is not None:
@@ -126,6 +136,8 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
     for epoch in range(state.epoch + 1, t.train_epochs + 1):
         if pretrained and cfg.model.freeze_epochs:
             set_backbone_frozen(model, frozen=epoch <= cfg.model.freeze_epochs)
+            if world.distributed and epoch == cfg.model.freeze_epochs + 1:  # DDP syncs what trained when built
+                net = parallel(model, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
@@ -134,8 +146,9 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
         train_loss, lr, train_seconds = train_one_epoch(cfg, net, batches, criterion, optimizer, scaler,
                                                         precision, order, epoch)
         # 2. evaluate
-        val, val_cm = evaluate(net, batches, "val", criterion, precision, 2 * t.batch_size)
-        test, test_cm = evaluate(net, batches, "test", criterion, precision, 2 * t.batch_size)
+        scorer = model if world.distributed else net  # each rank scores its own windows: no gradient sync
+        val, val_cm = evaluate(scorer, batches, "val", criterion, precision, 2 * t.batch_size)
+        test, test_cm = evaluate(scorer, batches, "test", criterion, precision, 2 * t.batch_size)
         metrics = {"train_loss": train_loss, **val, **test, "lr": lr,
                    "epoch_time_s": time.perf_counter() - started,
                    "samples_per_s": train_split.size / max(train_seconds, 1e-9)}
@@ -153,14 +166,17 @@ def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precisi
         if state.improved(value, mode):
             state.best_value, state.best_epoch, state.bad_epochs = value, epoch, 0
             files["best"] = workdir / "best.pt"
-            save_checkpoint(_model_payload(cfg, model, data, epoch, metrics, run_id), files["best"])
+            if world.main:
+                save_checkpoint(_model_payload(cfg, model, data, epoch, metrics, run_id), files["best"])
         else:
             state.bad_epochs += 1
         files["last"] = workdir / "last.pt"
-        save_checkpoint(_last_payload(cfg, model, data, optimizer, scaler, order, state, run_id), files["last"])
+        if world.main:
+            save_checkpoint(_last_payload(cfg, model, data, optimizer, scaler, order, state, run_id),
+                            files["last"])
 
-        # 4 and 5. track, diagnose live; the callback returns a flag when a stop rule fired
-        stopped_by = on_epoch(epoch, metrics, state, files)
+        # 4 and 5. track, diagnose live; the callback returns a flag when a stop rule fired (rank 0 decides)
+        stopped_by = distributed.broadcast(on_epoch(epoch, metrics, state, files) if world.main else None)
         if stopped_by:
             break
         if state.bad_epochs >= t.patience:
@@ -183,6 +199,8 @@ def train_one_epoch(cfg: RunConfig, model: nn.Module, batches: Batches, criterio
     permutation = torch.randperm(n, generator=order).to(device)
     per_step = t.batch_size * t.accumulate_steps  # windows per optimiser step (the effective batch)
     steps = math.ceil(n / per_step)
+    world = distributed.world()
+    chunk = math.ceil(t.batch_size / world.size)  # windows per forward pass on this rank
     watch = LossWatch(device)
     total, checked, lr = 0.0, 0, t.learning_rate
     started = time.perf_counter()
@@ -194,21 +212,22 @@ def train_one_epoch(cfg: RunConfig, model: nn.Module, batches: Batches, criterio
             group["lr"] = lr
         first, last = step * per_step, min((step + 1) * per_step, n)
         optimizer.zero_grad(set_to_none=True)
-        for start in range(first, last, t.batch_size):
-            index = permutation[start:min(start + t.batch_size, last)]
+        for index, weight, final in step_passes(permutation[first:last], chunk, world):
             x, y = batches.get("train", index)
-            with precision.autocast():
-                loss = criterion(model(x), y)
-            # Weighted by its share of the step's windows, so the step's gradient is the mean over all of them.
-            scaler.scale(loss * (len(index) / (last - first))).backward()
-            watch.add(loss, len(index), step)
+            with no_sync(model, final):
+                with precision.autocast():
+                    loss = criterion(model(x), y)
+                # Weighted by its share of the step's windows, so the step's gradient is the mean over all of them.
+                scaler.scale(loss * weight).backward()
+            if weight:
+                watch.add(loss, len(index), step)
         if t.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         if (step + 1) % t.check_loss_every == 0 or step + 1 == steps:  # the only host syncs of the loop
-            total = watch.check(epoch, checked, step + 1, steps, t.learning_rate)
+            total = watch.check(epoch, checked, step + 1, steps, t.learning_rate)  # summed over the ranks
             checked = step + 1
             if not bar.disable:
                 bar.set_postfix(loss=f"{total / last:.4f}", lr=f"{lr:.2e}")
@@ -235,6 +254,9 @@ class LossWatch:
     def check(self, epoch: int, checked: int, done: int, steps: int, learning_rate: float) -> float:
         """Read the device state (one host sync); raise NonFiniteLoss if a loss in steps checked+1..done was bad."""
         total, first_bad, value = torch.stack([self.total, self.first_bad, self.bad_value]).tolist()
+        if distributed.world().distributed:  # every rank stops at the same check when any rank saw a bad loss
+            total, bad_ranks = distributed.sum_([total, float(first_bad >= 0)], self.total.device)
+            first_bad = max(first_bad, 0.0) if bad_ranks else -1.0
         if first_bad >= 0:
             raise NonFiniteLoss(
                 f"training stopped: the loss became {value} at epoch {epoch}, step {int(first_bad) + 1}/{steps} "
@@ -289,21 +311,73 @@ def evaluate(model: nn.Module, batches: Batches, split: str, criterion: nn.Modul
     """Loss and classification metrics of one split, plus its confusion matrix."""
     model.eval()
     n = len(batches.ends[split])
+    mine = distributed.shard(n)  # all of them in one process
     total = torch.zeros((), device=batches.series.device)
-    predictions = []
-    for start in range(0, n, batch_size):
-        index = torch.arange(start, min(start + batch_size, n), device=batches.series.device)
+    predictions = [torch.zeros(0, dtype=torch.long, device=batches.series.device)]
+    for start in range(mine.start, mine.stop, batch_size):
+        index = torch.arange(start, min(start + batch_size, mine.stop), device=batches.series.device)
         x, y = batches.get(split, index)
         with precision.autocast():
             logits = model(x)
         total += criterion(logits.float(), y) * len(index)
         predictions.append(logits.argmax(dim=-1))
-    labels = batches.labels[split].cpu().numpy()
+    labels = batches.labels[split][mine].cpu().numpy()
     predicted = torch.cat(predictions).cpu().numpy()
-    metrics = split_metrics(split, labels, predicted, float(total.item() / n))
+    loss_sum = float(total.item())
+    if distributed.world().distributed:  # the ranks' sums and counts, added up; the metrics need no more
+        (tn, fp), (fn, tp) = confusion(labels, predicted)
+        loss_sum, tn, fp, fn, tp = distributed.sum_([loss_sum, tn, fp, fn, tp], batches.series.device)
+        labels, predicted = from_counts(int(tn), int(fp), int(fn), int(tp))
+    metrics = split_metrics(split, labels, predicted, loss_sum / n)
     if split == "val":
         metrics["val_pred_rain_fraction"] = float(predicted.mean())
     return metrics, confusion(labels, predicted)
+
+
+def step_passes(windows: Tensor, chunk: int, world: distributed.World) -> list[tuple[Tensor, float, bool]]:
+    """This rank's forward passes over one optimiser step's windows: (index, loss weight, last pass?).
+
+    Rank r takes every N-th window. Each pass's mean loss is weighted by its share of the step's windows times N
+    (DDP averages over the N ranks), so the step's gradient is the mean over all of its windows. Every rank makes
+    the same number of passes, so each reaches the step's one gradient exchange (its last pass); a rank with
+    nothing left for that pass still takes part with one window at weight 0."""
+    total = len(windows)
+    mine = windows[world.rank::world.size]
+    count = math.ceil(math.ceil(total / world.size) / chunk)
+    passes = []
+    for p in range(count):
+        index = mine[p * chunk:(p + 1) * chunk]
+        final = p + 1 == count
+        if len(index):
+            passes.append((index, len(index) * world.size / total, final))
+        elif final:
+            passes.append((windows[:1], 0.0, True))
+    return passes
+
+
+def from_counts(tn: int, fp: int, fn: int, tp: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and predictions with this confusion matrix (every metric here ignores the windows' order)."""
+    labels = np.repeat([0, 0, 1, 1], [tn, fp, fn, tp])
+    return labels, np.repeat([0, 1, 0, 1], [tn, fp, fn, tp])
+
+
+def parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model wrapped in DistributedDataParallel under torchrun (it averages the gradients); else itself."""
+    if not distributed.world().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: the backbone's forecasting head is part of the checkpoint but not of the classifier
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def no_sync(model: nn.Module, final: bool) -> contextlib.AbstractContextManager:
+    """DDP's `no_sync` for every pass of a step but its last (one gradient exchange per step)."""
+    inner = getattr(model, "_orig_mod", model)
+    if final or not hasattr(inner, "no_sync"):
+        return contextlib.nullcontext()
+    return inner.no_sync()
 
 
 def _model_payload(cfg: RunConfig, model: nn.Module, data: PreparedData, epoch: int, metrics: dict,
