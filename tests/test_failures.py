@@ -5,6 +5,7 @@ a non-finite validation loss, out of memory, and figures that leave the caller's
 from __future__ import annotations
 
 import math
+import os
 import signal
 import socket
 import subprocess
