@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from rain_mlflow.errors import UserError
 from rain_mlflow.outbox import Outbox
-from rain_mlflow.store import StoreError, describe, shown, tracking_uri, use_store
+from rain_mlflow.store import StoreError, describe, exception_chain, shown, tracking_uri, use_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,7 +102,7 @@ def is_outage(exc: BaseException) -> bool:
     """Whether a failed write means the store is away for now (try again later) rather than refusing it."""
     from requests.exceptions import RequestException
 
-    chain = list(_exception_chain(exc))
+    chain = list(exception_chain(exc))
     if any(isinstance(e, (RequestException, ConnectionError, TimeoutError)) for e in chain):
         return True
     text = " ".join(str(e) for e in chain).lower()
@@ -198,12 +198,3 @@ def within(seconds: float, read: Callable[[], T]) -> T | None:
     worker.start()
     worker.join(seconds)
     return box.get("value")
-
-
-def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__

@@ -142,7 +142,7 @@ def _contact(uri: str, deadline: float | None, attempts: int) -> str | None:
 
 def describe(exc: BaseException) -> str:
     """What went wrong with the store, in one sentence a user can act on."""
-    text = " ".join(" ".join(str(e) for e in _chain(exc)).split())
+    text = " ".join(" ".join(str(e) for e in exception_chain(exc)).split())
     lowered = text.lower()
     if "connection refused" in lowered or "failed to establish a new connection" in lowered:
         return "is unreachable (connection refused); start the server or set MLFLOW_TRACKING_URI to a running one"
@@ -183,7 +183,7 @@ def store_error(exc: BaseException) -> StoreError | None:
     """A StoreError for a failed request to the store (gone, silent, refusing us); None for anything else."""
     from requests.exceptions import RequestException
 
-    chain = list(_chain(exc))
+    chain = list(exception_chain(exc))
     request_failed = any(isinstance(e, RequestException) or str(e).startswith("API request to") for e in chain)
     problem = describe(exc)
     if not request_failed or problem.startswith("cannot be used"):
@@ -210,7 +210,8 @@ def retry_locked(write: Callable[[], T], what: str) -> T:
             delay = min(delay * 2, 5.0) * random.uniform(0.8, 1.2)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and its causes / contexts, each once (the chain may loop)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

@@ -509,7 +509,7 @@ def _now_ms() -> int:
 # ---- servers, the UI's training view, and the runs of a pipeline --------------------------------------------------
 # Self-contained on purpose: the UI links themselves are built in `ui.py` (no MLflow there).
 
-TRAINING_VIEW_TAG = "mlflow.sharedViewState." + ui.TRAINING_VIEW_KEY
+TRAINING_VIEW_TAG = ui.TRAINING_VIEW_TAG
 PIPELINE_TAG = "pipeline"  # on every run a `main` pipeline started: the pipeline run's id
 
 

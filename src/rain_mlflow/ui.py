@@ -20,7 +20,8 @@ import json
 from urllib.parse import quote, urlsplit, urlunsplit
 
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-TRAINING_VIEW_KEY = "rain-training"  # the shared view's key (experiment tag mlflow.sharedViewState.<key>)
+TRAINING_VIEW_KEY = "rain-training"  # the shared view's key
+TRAINING_VIEW_TAG = "mlflow.sharedViewState." + TRAINING_VIEW_KEY  # the experiment tag that stores it
 TRAINING_VIEW_COLUMNS = ("attributes.`Models`", "metrics.`val_accuracy`", "metrics.`val_f1`", "metrics.`val_mcc`",
                          "tags.`preset`", "tags.`diagnosis`")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` / `mlflow server` listen by default

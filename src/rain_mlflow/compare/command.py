@@ -64,7 +64,7 @@ def _ui_links(uri: str, experiment: str | None, reads: Sequence[ReadRun]) -> str
         return ""
     links = []
     if experiment and len(experiment_ids) == 1:
-        view = experiment_has_tag(uri, experiment_ids[0], "mlflow.sharedViewState." + ui.TRAINING_VIEW_KEY)
+        view = experiment_has_tag(uri, experiment_ids[0], ui.TRAINING_VIEW_TAG)
         links.append(("training runs", ui.experiment_url("", experiment_ids[0], view)))
     if len(experiment_ids) == 1:
         links.append((f"charts of {these}", ui.charts_url("", experiment_ids[0], run_ids)))
