@@ -267,8 +267,10 @@ class LossWatch:
 
 def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
                     device: torch.device) -> torch.optim.AdamW:
-    """AdamW; fused on CUDA: one kernel for all parameters, and a GradScaler's inf check without a host sync."""
-    fused = {"fused": True} if device.type == "cuda" else {}
+    """AdamW, fused where torch has the kernel: on CUDA one kernel for all parameters and a GradScaler's inf check
+    without a host sync; on CPU one vectorised pass instead of a dozen tensor ops per parameter (the update of
+    `small` takes a quarter of the time: bench/README.md)."""
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay, **fused)
 
 
