@@ -81,6 +81,12 @@ def test_stalled_boundary_at_the_tolerance(third, tolerance, fires):
     assert (stalled(h, Thresholds(stalled_tolerance=tolerance), NOW_MS) is not None) is fires
 
 
+def test_stalled_a_spread_of_exactly_tolerance_plus_the_allowance_is_flat():
+    at_allowance = 0.0625 + 1e-9  # x - 0.0 == x: the spread is exactly the tolerance plus the allowance
+    h = run(val_accuracy={1: 0.0, 2: at_allowance, 3: 0.0})
+    assert stalled(h, Thresholds(stalled_tolerance=0.0625), NOW_MS) is not None
+
+
 def test_stalled_rounding_noise_of_decimal_accuracies_is_no_spread():
     # 0.75 - 0.70 = 0.05000000000000004: printed as 5.00 pts, it is within a 5-pt tolerance
     found = stalled(run(val_accuracy={1: 0.70, 2: 0.75, 3: 0.70}), Thresholds(stalled_tolerance=0.05), NOW_MS)
@@ -115,15 +121,15 @@ def test_stalled_epochs_threshold_is_the_stretch_length():
 # ---- oscillating --------------------------------------------------------------------------------------------------
 
 def test_oscillating_finding_in_full():
-    # Falls: 1->2 of 25 pts (floor at 64 windows, mean 0.75: 10.8 pts, in), 3->4 of 50 pts (floor at 64 windows,
-    # mean 0.5: 12.5 pts, in; the largest), 4->5 of 3.125 pts (under the 5-pt threshold), 5->6 of 6.25 pts (over the
-    # threshold but under its floor at 100 windows, mean 0.1875: 7.8 pts). 2->3 is a rise.
-    h = run(val_accuracy={1: 0.875, 2: 0.625, 3: 0.75, 4: 0.25, 5: 0.21875, 6: 0.15625},
-            val_windows=windows(64, 1, 2, 4) | {3: 16.0, 5: 100.0, 6: 100.0})
+    # Falls: 1->2 of 50 pts (floor at epoch 2's 64 windows, mean 0.5: 12.5 pts, in; the largest), 3->4 of 25 pts
+    # (floor at 64 windows, mean 0.75: 10.8 pts, in), 4->5 of 3.125 pts (under the 5-pt threshold), 5->6 of 6.25 pts
+    # (over the threshold but under its floor at 100 windows, mean 0.5625: 9.9 pts). 2->3 is a rise.
+    h = run(val_accuracy={1: 0.75, 2: 0.25, 3: 0.875, 4: 0.625, 5: 0.59375, 6: 0.53125},
+            val_windows=windows(64, 2, 3, 4) | {1: 16.0, 5: 100.0, 6: 100.0})
     assert oscillating(h, DEFAULT, NOW_MS) == Finding(
-        "oscillating", "val_accuracy fell 50.00 pts from 75.00% at epoch 3 to 25.00% at epoch 4 (threshold: a fall "
+        "oscillating", "val_accuracy fell 50.00 pts from 75.00% at epoch 1 to 25.00% at epoch 2 (threshold: a fall "
         "of more than 5.00 pts; noise floor 12.50 pts = 2 SE at 64 val windows; 2 such drops)", (1, 2, 3, 4),
-        {"drop": 0.5, "from_epoch": 3, "to_epoch": 4, "drops": 2, "threshold": 0.05, "noise_floor": 0.125,
+        {"drop": 0.5, "from_epoch": 1, "to_epoch": 2, "drops": 2, "threshold": 0.05, "noise_floor": 0.125,
          "windows_val": 64})
 
 
@@ -155,6 +161,20 @@ def test_oscillating_boundary_at_the_drop_threshold(after, fires):
     assert (oscillating(h, Thresholds(oscillation_drop=0.25), NOW_MS) is not None) is fires
 
 
+def test_oscillating_a_fall_of_exactly_threshold_plus_the_allowance_is_no_fall():
+    assert oscillating(run(val_accuracy={1: 0.25 + 1e-9, 2: 0.0}), Thresholds(oscillation_drop=0.25), NOW_MS) is None
+
+
+def test_oscillating_a_fall_of_exactly_noise_floor_plus_the_allowance_is_noise():
+    # 1.0 -> 0.0 at one window: floor z * sqrt(0.5 * 0.5 / 1) = z / 2, so this z puts the floor plus the allowance
+    # exactly on the 100-pt fall
+    z = 2 * (1.0 - 1e-9)
+    assert z / 2 + 1e-9 == 1.0
+    h = run(val_accuracy={1: 1.0, 2: 0.0}, val_windows=windows(1, 1, 2))
+    assert oscillating(h, Thresholds(noise_z=z), NOW_MS) is None
+    assert oscillating(h, Thresholds(noise_z=z - 1e-6), NOW_MS) is not None
+
+
 def test_oscillating_rounding_noise_of_decimal_accuracies_is_no_fall():
     # 0.75 - 0.70 = 0.05000000000000004, printed as a 5.00-pt fall: not more than 5 pts
     assert oscillating(run(val_accuracy={1: 0.75, 2: 0.70}), DEFAULT, NOW_MS) is None
@@ -175,16 +195,16 @@ def test_oscillating_boundary_at_the_noise_floor(before, after, fires):
 # ---- val_test_divergence ------------------------------------------------------------------------------------------
 
 def test_val_test_divergence_finding_in_full():
-    # Epoch 1: no gap. Epoch 2: 37.5 pts (test above val), floor 24.5 pts: over. Epoch 3: 50 pts, floor
-    # 2 * sqrt(2 * 0.1875 / 24) = 25 pts: over, the worst. Epoch 4: 12.5 pts, floor 28.4 pts: not over.
+    # Epoch 1: no gap. Epoch 2: 50 pts, floor 2 * sqrt(2 * 0.1875 / 24) = 25 pts: over, the worst. Epoch 3:
+    # 37.5 pts (test above val), floor 24.5 pts: over. Epoch 4: 12.5 pts, floor 28.4 pts: not over.
     # Epochs 5 (val only) and 6 (test only) are not compared; their window counts (1000) are the latest ones.
-    h = run(val_accuracy={1: 0.5, 2: 0.5, 3: 0.75, 4: 0.5, 5: 0.5},
-            test_accuracy={1: 0.5, 2: 0.875, 3: 0.25, 4: 0.375, 6: 0.5},
+    h = run(val_accuracy={1: 0.5, 2: 0.75, 3: 0.5, 4: 0.5, 5: 0.5},
+            test_accuracy={1: 0.5, 2: 0.25, 3: 0.875, 4: 0.375, 6: 0.5},
             val_windows=windows(24, 1, 2, 3, 4) | {5: 1000.0}, test_windows=windows(24, 1, 2, 3, 4) | {6: 1000.0})
     assert val_test_divergence(h, DEFAULT, NOW_MS) == Finding(
-        "val_test_divergence", "val_accuracy 75.00% vs test_accuracy 25.00% at epoch 3: gap 50.00 pts > 5.00 pts "
+        "val_test_divergence", "val_accuracy 75.00% vs test_accuracy 25.00% at epoch 2: gap 50.00 pts > 5.00 pts "
         "(noise floor 25.00 pts = 2 SE at 24 val / 24 test windows; over at epochs 2-3)", (2, 3),
-        {"epoch": 3, "val_accuracy": 0.75, "test_accuracy": 0.25, "gap": 0.5, "threshold": 0.05, "noise_floor": 0.25,
+        {"epoch": 2, "val_accuracy": 0.75, "test_accuracy": 0.25, "gap": 0.5, "threshold": 0.05, "noise_floor": 0.25,
          "windows_val": 24, "windows_test": 24})
 
 
@@ -209,6 +229,20 @@ def test_val_test_divergence_finding_in_full_without_window_counts():
 def test_val_test_divergence_boundary_at_the_gap_threshold(test, fires):
     h = run(val_accuracy={1: 0.75}, test_accuracy={1: test})
     assert (val_test_divergence(h, Thresholds(divergence_gap=0.25), NOW_MS) is not None) is fires
+
+
+def test_val_test_divergence_a_gap_of_exactly_threshold_plus_the_allowance_is_no_gap():
+    h = run(val_accuracy={1: 0.25 + 1e-9}, test_accuracy={1: 0.0})
+    assert val_test_divergence(h, Thresholds(divergence_gap=0.25), NOW_MS) is None
+
+
+def test_val_test_divergence_a_gap_of_exactly_noise_floor_plus_the_allowance_is_noise():
+    # val 0.5 over one window, test 0.0 (no variance): floor z * sqrt(0.25 / 1 + 0) = z / 2, plus the allowance = gap
+    z = 2 * (0.5 - 1e-9)
+    assert z / 2 + 1e-9 == 0.5
+    h = run(val_accuracy={1: 0.5}, test_accuracy={1: 0.0}, val_windows={1: 1.0}, test_windows={1: 1.0})
+    assert val_test_divergence(h, Thresholds(noise_z=z), NOW_MS) is None
+    assert val_test_divergence(h, Thresholds(noise_z=z - 1e-6), NOW_MS) is not None
 
 
 def test_val_test_divergence_rounding_noise_of_decimal_accuracies_is_no_gap():
@@ -294,6 +328,7 @@ def test_class_collapse_all_rain_finding_in_full():
 @pytest.mark.parametrize(("fraction", "what"), [
     (0.75, "rain"), (0.75 - 2e-10, "rain"), (0.75 - 1e-8, None), (0.75 + 1e-8, "rain"),
     (0.25, "no rain"), (0.25 + 2e-10, "no rain"), (0.25 + 1e-8, None), (0.25 - 1e-8, "no rain"),
+    (0.75 - 1e-9, "rain"), (0.25 + 1e-9, "no rain"),  # exactly at the threshold less / plus the allowance
     (0.5, None), (1.0, "rain"), (0.0, "no rain"),
 ])
 def test_class_collapse_boundary(fraction, what):
@@ -337,7 +372,8 @@ def test_dead_run_finding_in_full():
             epoch_time_s={1: 0.0, 2: 0.5, 3: 1199.5, 4: -1.0})
     assert dead_run(h, DEFAULT, NOW_MS) == Finding(
         "dead_run", "status RUNNING but the last epoch (2) was logged 30.0 min ago (limit 30.0 min = max(3 x mean "
-        "epoch_time_s 10.0 min, 10.0 min))", (2,), {"silent_s": 1800.001, "limit_s": 1800.0, "mean_epoch_time_s": 600.0})
+        "epoch_time_s 10.0 min, 10.0 min))", (2,),
+        {"silent_s": 1800.001, "limit_s": 1800.0, "mean_epoch_time_s": 600.0})
     assert dead_run(run(status="RUNNING", last_update_ms=NOW_MS - 1_800_000, val_accuracy={1: 0.5, 2: 0.5},
                         epoch_time_s={1: 0.0, 2: 0.5, 3: 1199.5}), DEFAULT, NOW_MS) is None
 
@@ -400,6 +436,13 @@ def test_diagnose_runs_the_named_rules_in_rules_order_and_none_for_an_empty_list
     assert [f.flag for f in diagnose(h, DEFAULT, NOW_MS, only=["non_finite_loss,stalled"])] == \
         ["stalled", "non_finite_loss"]
     assert diagnose(h, DEFAULT, NOW_MS, only=[]) == []
+
+
+def test_diagnose_judges_at_the_given_time():
+    # NOW_MS (October 2025) is in the past: judged at the clock's time instead, this run would be long dead
+    h = run(status="RUNNING", last_update_ms=NOW_MS - 1_000, val_loss={1: 0.5})
+    assert diagnose(h, DEFAULT, NOW_MS) == []
+    assert [f.flag for f in diagnose(h, DEFAULT, NOW_MS + 601_000)] == ["dead_run"]
 
 
 def test_diagnose_defaults_to_the_current_time():
