@@ -200,7 +200,7 @@ def _schedule(dates: pd.Series) -> list[str] | None:
         return None
     time_of_day = dates - dates.dt.normalize()
     counts = time_of_day.value_counts()
-    main = counts[counts >= 0.02 * len(dates)]
+    main = counts[counts >= max(2, 0.02 * len(dates))]  # a fixed time recurs: one day of hours is no schedule
     if not 2 <= len(main) <= SCHEDULE_MAX_TIMES or main.sum() < 0.95 * len(dates):
         return None
     times = sorted(main.index)
@@ -287,7 +287,7 @@ def _check_label(values: pd.Series, name: str) -> None:
     bad = present[~present.isin([0, 1])]
     if len(bad):
         raise DataError(f"label column {name!r} must hold only 0 and 1 (missing allowed); "
-                        f"found {bad.iloc[0]!r} ({len(bad)} such values)")
+                        f"found {bad.iloc[0]:g} ({len(bad)} such values)")
 
 
 def _choose_features(frame: pd.DataFrame, cfg: DataConfig, precip: str | None, report: dict) -> list[str]:
