@@ -206,6 +206,9 @@ def test_a_named_precipitation_column_is_used():
     assert result.report["precip_col"] == "pp" and result.report["date_col"] == "Fecha"
     # precipitation is never carried forward, whatever max_fill says
     assert result.report["columns"]["pp"] == column_report(1, 0, 1, [("2020-01-01 02:00:00", 1)])
+    assert result.report["columns"]["t"] == {"missing": 0, "filled": 0, "missing_after_fill": 0,
+                                             "longest_after_fill": 0, "missing_after": 0, "interpolated": 0,
+                                             "missing_runs": 0, "longest_missing_run": 0, "runs": []}
 
 
 def test_a_column_mixing_numbers_and_text_is_an_error_naming_its_line():
@@ -309,6 +312,7 @@ def test_every_gap_is_a_run_of_missing_steps():
     raw = pd.DataFrame({"date": pd.Timestamp("2020-01-01") + pd.to_timedelta(present, unit="h"),
                         "precipitation": 0.0, "temp": 1.0})
     result = clean(raw, DataConfig(max_fill=2), "x")
+    assert result.report["freq_share"] == 0.5714        # 4 of the 7 steps between rows are 1 h
     assert result.report["gaps"] == {
         "count": 3, "missing_steps": 5, "longest_steps": 3,
         "runs": [{"start": "2020-01-01 02:00:00", "end": "2020-01-01 02:00:00", "steps": 1},
@@ -451,7 +455,19 @@ def test_a_grid_finer_than_the_schedule_holds_zero_rain_where_nothing_is_ever_re
     assert report["max_fill"] == 1
     assert report["columns"]["temp"] == column_report(2, 2, 0, [("2020-01-02 06:00:00", 1),
                                                                 ("2020-01-03 06:00:00", 1)])
-    assert "(the default" not in summary_lines(report)[3]
+    assert summary_lines(report)[3] == ("schedule: observed at fixed times 07:30, 13:00, 19:00; resampled to a "
+                                        f"regular 6h grid: {SCHEDULE_AGGREGATION}")
+
+
+def test_a_reading_on_a_step_boundary_closes_the_step_it_ends():
+    # readings at 00, 07 and 13 h: the midnight one belongs to the day (t - 1D, t] that it ends
+    raw = fixed_times(days_from("2020-01-01", 3), times=("00:00", "07:00", "13:00"), precipitation=1.0,
+                      temp=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    result = clean(raw, DataConfig(), "x")
+    # steps hold 1, 3, 3 and 2 readings; 3 is usual, so the first and last totals are unknown
+    expected = expected_frame({"date": dates("2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"),
+                               "precipitation": [NAN, 3.0, 3.0, NAN], "temp": [0.0, 2.0, 5.0, 7.5]})
+    pd.testing.assert_frame_equal(result.frame, expected)
 
 
 def test_eight_readings_are_too_few_to_call_a_schedule():
@@ -502,13 +518,46 @@ def test_a_single_time_of_day_is_a_daily_record():
     assert (report["schedule"], report["freq"], report["start"]) == (None, "1D", "2020-01-01 07:00:00")
 
 
+def days_from(first: str, n: int) -> list[str]:
+    return [str(d.date()) for d in pd.date_range(first, periods=n)]
+
+
+STRAYS = ["2020-01-05 10:00", "2020-01-09 03:00", "2020-01-12 22:00", "2020-01-15 16:00"]
+
+
 def test_scattered_readings_off_the_schedule_are_tolerated_up_to_five_percent():
-    days = [str(d.date()) for d in pd.date_range("2020-01-01", periods=20)]
-    base = fixed_times(days, times=("07:00", "13:00", "19:00"))           # 60 readings
-    stray = pd.DataFrame({"date": ["2020-01-05 10:00", "2020-01-09 03:00", "2020-01-12 22:00",
-                                   "2020-01-15 16:00"]})
-    few = pd.concat([base, stray.iloc[:3]]).assign(precipitation=0.0)    # 3 of 63 off: 4.8 %, each < 2 %
+    base = fixed_times(days_from("2020-01-01", 19), times=("07:00", "13:00", "19:00"))  # 57 readings
+    few = pd.concat([base, pd.DataFrame({"date": STRAYS[:3]})]).assign(precipitation=0.0)  # 57 of 60: exactly 95 %
     assert clean(few, DataConfig(max_fill=0), "x").report["schedule"]["times"] == ["07:00", "13:00", "19:00"]
-    many = pd.concat([base, stray]).assign(precipitation=0.0)            # 4 of 64 off: 6.25 %
+    many = pd.concat([base, pd.DataFrame({"date": STRAYS})]).assign(precipitation=0.0)     # 57 of 61
     report = clean(many, DataConfig(max_fill=0), "x").report
     assert report["schedule"] is None and report["freq"] == "6h"
+
+
+def test_a_time_of_day_seen_in_under_two_percent_of_the_readings_is_a_stray():
+    # 40 days at 07, 13 and 19 h (120 readings) and 3 other times read twice each: 2 < 2 % of 126 readings
+    base = fixed_times(days_from("2020-01-01", 40), times=("07:00", "13:00", "19:00"))
+    strays = pd.DataFrame({"date": STRAYS[:3] + [s.replace("-01-", "-02-") for s in STRAYS[:3]]})
+    raw = pd.concat([base, strays]).assign(precipitation=0.0)
+    assert clean(raw, DataConfig(max_fill=0), "x").report["schedule"]["times"] == ["07:00", "13:00", "19:00"]
+
+
+def test_a_time_of_day_seen_twice_belongs_to_the_schedule():
+    # 3 days at 07, 10, 13 and 19 h, the 10 h reading missed once: 10 h is still one of the times (2 readings)
+    raw = fixed_times(days_from("2020-01-01", 3), times=("07:00", "10:00", "13:00", "19:00"),
+                      precipitation=[1.0] * 12).drop(index=5)
+    assert clean(raw, DataConfig(), "x").report["schedule"]["times"] == ["07:00", "10:00", "13:00", "19:00"]
+
+
+def test_duplicates_of_many_timestamps_keep_their_first_row_whatever_the_sort():
+    # 300 distinct hours, each written twice in a shuffled file: a sort that is not stable would mix them up
+    hours = pd.date_range("2020-01-01", periods=300, freq="h")
+    order = np.random.default_rng(0).permutation(600)
+    stamps = np.concatenate([hours, hours])[order]
+    raw = pd.DataFrame({"date": stamps, "precipitation": order.astype(float)})
+    first = {}
+    for stamp, value in zip(stamps, order):           # naive reference: walk the file top to bottom
+        first.setdefault(stamp, float(value))
+    result = clean(raw, DataConfig(max_fill=0), "x")
+    assert result.report["duplicates_dropped"] == 300
+    assert result.frame["precipitation"].tolist() == [first[h] for h in hours.to_numpy()]
