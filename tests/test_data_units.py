@@ -114,6 +114,8 @@ def test_carry_forward_by_hand():
 def test_carry_forward_never_fills_before_the_first_reading_nor_changes_readings():
     x = np.array([[NAN], [NAN], [7.0], [NAN], [8.0], [NAN]])
     np.testing.assert_array_equal(carry_forward(x, 10, [True])[:, 0], [NAN, NAN, 7.0, 7.0, 8.0, 8.0])
+    np.testing.assert_array_equal(still_missing(x, 10, [True])[:, 0], [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(carry_forward(np.array([[NAN, 1.0]]), 3, [True, True]), [[NAN, 1.0]])  # one step
 
 
 def test_carry_forward_in_place_fills_the_array_itself_and_keeps_its_dtype():
@@ -301,11 +303,13 @@ def test_class_counts_by_hand():
 
 # ---- small helpers --------------------------------------------------------------------------------------------------
 
-def test_effective_window_trims_to_whole_tokens_with_a_note():
+def test_effective_window_trims_to_whole_tokens_with_a_note(caplog):
     notes: list[str] = []
-    assert effective_window(config(seq_len=10), notes) == 8
+    with caplog.at_level("WARNING", logger="rain_mlflow.data.dataset"):
+        assert effective_window(config(seq_len=10), notes) == 8
     assert notes == ["seq_len 10 is not a multiple of input_token_len 4: using the most recent 8 steps of each "
                      "window (the oldest 2 are dropped)"]
+    assert [r.getMessage() for r in caplog.records] == notes
     assert effective_window(config(seq_len=12), notes) == 12 and len(notes) == 1
 
 
@@ -337,7 +341,7 @@ def test_window_labels_from_precipitation_or_an_existing_label():
     labels = window_labels(c, d)
     np.testing.assert_array_equal(labels, naive_labels(record()["precipitation"].to_numpy(), 2, 0.1))
     assert labels[3] == 1 and labels[4] == 1 and labels[5] == 0 and np.isnan(labels[18]) and np.isnan(labels[19])
-    frame = record().assign(rain=[0.0, 1.0] * 20)
+    frame = record().assign(rain=[0, 1] * 20)          # integers: read as float (NaN marks an unknown label)
     with_label = CleanResult(frame, ("a",), HOUR, {"precip_col": None}, 1)
     got = window_labels(with_label, config(label_col="rain", features="a").data)
     assert got.dtype == np.float64
@@ -348,6 +352,8 @@ def test_precipitation_and_the_persistence_forecast():
     c = cleaned()
     np.testing.assert_array_equal(precipitation(c), record()["precipitation"].to_numpy())
     assert precipitation(cleaned(precip_col=None)) is None
+    counts = cleaned(record(precip_gap=None).astype({"precipitation": int}))
+    assert precipitation(counts).dtype == np.float64
     d = config().data
     forecast = persistence_forecast(c, d, window_labels(c, d))
     expected = [int(np.nansum(record()["precipitation"].to_numpy()[max(t - 1, 0): t + 1]) > 0.1) for t in range(N)]
@@ -355,6 +361,10 @@ def test_precipitation_and_the_persistence_forecast():
     labels = np.array([1.0, 0.0, NAN, 1.0, 0.0, 1.0])                   # no precipitation: the label 2 steps ago
     no_precip = CleanResult(record().head(6), ("a",), HOUR, {"precip_col": None}, 1)
     np.testing.assert_array_equal(persistence_forecast(no_precip, d, labels), [0, 0, 1, 0, 0, 1])
+    # with precipitation a missing reading counts as dry, where the label it would need is unknown
+    gap = CleanResult(pd.DataFrame({"precipitation": [0.0, 1.0, NAN, 0.0, 0.0]}), (), HOUR,
+                      {"precip_col": "precipitation"}, 1)
+    np.testing.assert_array_equal(persistence_forecast(gap, d, window_labels(gap, d)), [0, 1, 1, 0, 0])
 
 
 # ---- check_degenerate -----------------------------------------------------------------------------------------------
@@ -385,14 +395,16 @@ def test_check_degenerate_names_every_problem_and_what_decided_them():
         check_degenerate(splits_of([1, 0, 0, 0], [1, 1, 1], [0, 1, 0, 1]), labelled, HOUR, [])
 
 
-def test_check_degenerate_with_allow_degenerate_keeps_a_note():
-    notes = ["earlier"]
+def test_check_degenerate_with_allow_degenerate_keeps_a_note(caplog):
+    notes = ["earlier", "trim"]
     cfg = config(min_windows=3, min_class_share=0.02, allow_degenerate="true")
-    check_degenerate(splits_of([1, 1, 1, 1], [0, 1], [0, 1]), cfg, HOUR, notes)
-    assert notes[0] == "earlier" and len(notes) == 2
-    assert notes[1].startswith("degenerate task: the train split is 100.0% rain and 0.0% no rain")
-    assert "the val split has 2 usable windows (min_windows 3)" in notes[1]
-    assert notes[1].endswith("split fractions 0.6/0.2/0.2 (allow_degenerate: training anyway)")
+    with caplog.at_level("WARNING", logger="rain_mlflow.data.dataset"):
+        check_degenerate(splits_of([1, 1, 1, 1], [0, 1], [0, 1]), cfg, HOUR, notes)
+    assert [r.getMessage() for r in caplog.records] == notes[2:]
+    assert notes[:2] == ["earlier", "trim"] and len(notes) == 3
+    assert notes[2].startswith("degenerate task: the train split is 100.0% rain and 0.0% no rain")
+    assert "the val split has 2 usable windows (min_windows 3)" in notes[2]
+    assert notes[2].endswith("split fractions 0.6/0.2/0.2 (allow_degenerate: training anyway)")
 
 
 # ---- prepare ---------------------------------------------------------------------------------------------------------
@@ -447,7 +459,7 @@ def test_prepare_a_hand_made_record(missing, stride):
 def test_prepare_by_hand_on_each_split():
     # after the fill (max_fill 1) a is missing at 9, 10 (8 is filled from 7), precipitation at 20 (never carried),
     # b nowhere (30 is filled from 29). Windows of 8 ending at t hold [t - 7, t]; labels look at t + 1, t + 2.
-    mask = prepare(cleaned(), config(missing="mask")).splits
+    mask = prepare(cleaned(), config(missing="mask", seq_len="8h", horizon="2h")).splits   # durations resolved
     assert mask["train"].ends.tolist() == [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 20, 21]   # 18, 19 see step 20
     assert mask["train"].labels.tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]           # rain at 12
     assert mask["val"].ends.tolist() == [24, 25, 26, 27, 28, 29]          # t + 2 inside [24, 32): the purge
@@ -460,6 +472,39 @@ def test_prepare_by_hand_on_each_split():
     assert exclude["val"].ends.tolist() == [28, 29] and exclude["val"].labels.tolist() == [0, 0]
     assert exclude["test"].ends.tolist() == [32, 33, 34, 35, 36, 37]
     assert (exclude["train"].dropped, exclude["val"].dropped, exclude["train"].candidates) == (13, 4, 15)
+
+
+def test_prepare_decides_the_indicators_on_the_training_steps_only():
+    # b's only gap is step 24, the first validation step: no indicator for it, though it is masked there
+    data = prepare(cleaned(record(b_gap=24), max_fill=0),
+                   config(max_fill=0, missing_indicators="per_feature"))
+    assert data.features == COLUMNS + ("missing:precipitation", "missing:a")
+    assert data.series[24, 2] == 0 and data.series[23, 2] != 0
+
+
+def test_prepare_decides_the_indicators_after_the_fill():
+    # b's one-step gap at 15 is filled (max_fill 1): no indicator for b; a's 9, 10 and precipitation's 20 stay
+    data = prepare(cleaned(record(b_gap=15)), config(missing_indicators="per_feature"))
+    assert data.features == COLUMNS + ("missing:precipitation", "missing:a")
+    assert data.series[15, 2] == data.series[14, 2] != 0
+
+
+def test_prepare_with_an_existing_label_column_and_no_precipitation():
+    frame = record().drop(columns="precipitation").assign(rain=np.arange(N) % 3 == 0)
+    frame["rain"] = frame["rain"].astype(float)
+    frame.loc[30, "rain"] = NAN
+    c = CleanResult(frame, ("a", "b"), HOUR, {"precip_col": None}, 1)
+    data = prepare(c, config(label_col="rain", features="a,b"))
+    assert data.rain_index is None and data.features == ("a", "b", SHARE_INDICATOR)
+    assert data.splits["test"].ends.tolist() == [32, 33, 34, 35, 36, 37]
+    assert data.splits["test"].labels.tolist() == [0, 1, 0, 0, 1, 0]        # the column itself: t % 3 == 0
+    assert 30 not in data.splits["val"].ends.tolist() and data.splits["val"].ends.tolist() == [24, 25, 26, 27, 28,
+                                                                                               29]
+    # persistence without precipitation: the label of the window that ended `horizon` steps ago (unknown: dry)
+    expected = [0, 0] + [int(t % 3 == 0 and t != 30) for t in range(N - 2)]
+    np.testing.assert_array_equal(data.persistence, expected)
+    every = evaluation_windows(c, config(label_col="rain", features="a,b"), data.policy, 8, test_split_only=False)
+    np.testing.assert_array_equal(every.persistence, np.array(expected)[every.ends])
 
 
 def test_prepare_refuses_a_window_longer_than_the_training_split():
@@ -499,7 +544,7 @@ def test_prepare_applies_the_degenerate_check_and_notes_the_trim():
 
 def test_window_accounting_counts_windows_of_seq_len_as_given():
     c = cleaned()
-    d = config(seq_len=10, missing="exclude").data
+    d = config(seq_len="10h", horizon="2h", missing="exclude").data
     report = window_accounting(c, d)
     assert report["seq_len"] == 10 and report["max_fill"] == 1                   # not trimmed to 8
     # `a` missing at 9, 10 after the fill: windows of 10 ending 9..19 touch them; with a known label: 9..17, 21+
@@ -516,7 +561,7 @@ def test_window_accounting_counts_windows_of_seq_len_as_given():
 
 def test_evaluation_windows_every_window_or_the_test_split():
     c = cleaned()
-    cfg = config()
+    cfg = config(horizon="2h")
     p = MissingPolicy(COLUMNS, (False, True, True), 1, "mask", (SHARE_INDICATOR,))
     every = evaluation_windows(c, cfg, p, 8, test_split_only=False)
     labels = naive_labels(record()["precipitation"].to_numpy(), 2, 0.1)
@@ -530,6 +575,7 @@ def test_evaluation_windows_every_window_or_the_test_split():
     assert every.raw.dtype == np.float32
     np.testing.assert_array_equal(every.raw, record()[list(COLUMNS)].to_numpy().astype(np.float32))
     np.testing.assert_array_equal(every.gather(np.array([9]), 3), every.raw[7:10][None])
+    assert evaluation_windows(c, cfg, p, 1, test_split_only=False).ends[:3].tolist() == [0, 1, 2]  # from step 0
     test = evaluation_windows(c, cfg, p, 8, test_split_only=True)
     assert test.ends.tolist() == list(range(32, 38)) and test.scope == "test split"
     assert test.candidates == 6 and test.dropped == 0

@@ -190,14 +190,14 @@ def data_array(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     """The data columns as float32 [T, C], NaN where missing, copied a column at a time (never a float64 table)."""
     raw = np.empty((len(frame), len(columns)), dtype=np.float32)
     for i, column in enumerate(columns):
-        raw[:, i] = frame[column].to_numpy(dtype=np.float64)
+        raw[:, i] = frame[column].to_numpy()
     return raw
 
 
 def fit_scaler(frame: pd.DataFrame, columns: tuple[str, ...], train_end: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, scale) per data column over the training steps, NaN ignored: sklearn's StandardScaler fitted on each
     float64 column of the frame in turn (the same numbers as one fit on the table, with a column's temporaries)."""
-    fits = [StandardScaler().fit(frame[c].to_numpy(dtype=np.float64)[:train_end, None]) for c in columns]
+    fits = [StandardScaler().fit(frame[c].to_numpy()[:train_end, None]) for c in columns]
     return np.concatenate([f.mean_ for f in fits]), np.concatenate([f.scale_ for f in fits])
 
 

@@ -78,7 +78,7 @@ def carry_forward(x: Any, max_fill: int, carried: Any, in_place: bool = False) -
     """
     if isinstance(x, np.ndarray):
         filled = x if in_place else x.copy()
-        for c in _carried_columns(carried, x.shape[-1], max_fill):
+        for c in _carried_columns(carried, x.shape[-1]):
             column = filled[..., c]
             gaps = np.isnan(column)
             if gaps.any():
@@ -91,7 +91,7 @@ def carry_forward(x: Any, max_fill: int, carried: Any, in_place: bool = False) -
     steps = torch.arange(x.shape[-2], device=x.device)[:, None].expand(x.shape)
     last = torch.cummax(torch.where(observed, steps, torch.full_like(steps, -1)), dim=-2).values
     source = torch.gather(x, -2, last.clamp(min=0))
-    carried_t = torch.as_tensor(carried, dtype=torch.bool, device=x.device)
+    carried_t = torch.as_tensor(carried, device=x.device)
     fill = ~observed & (last >= 0) & (steps - last <= max_fill) & carried_t
     return torch.where(fill, source, x)
 
@@ -99,29 +99,27 @@ def carry_forward(x: Any, max_fill: int, carried: Any, in_place: bool = False) -
 def still_missing(raw: np.ndarray, max_fill: int, carried: Any) -> np.ndarray:
     """bool [..., T, C]: what the causal fill leaves missing, without making a filled copy of the data."""
     missing = np.isnan(raw)
-    for c in _carried_columns(carried, raw.shape[-1], max_fill):
+    for c in _carried_columns(carried, raw.shape[-1]):
         if missing[..., c].any():
             missing[..., c] &= ~_fill_sources(missing[..., c], max_fill)[0]
     return missing
 
 
-def _carried_columns(carried: Any, n_columns: int, max_fill: int) -> np.ndarray:
-    """Indices of the columns the fill may change (none when max_fill is 0)."""
-    if max_fill <= 0:
-        return np.arange(0)
-    return np.flatnonzero(np.broadcast_to(np.asarray(carried, dtype=bool), (n_columns,)))
+def _carried_columns(carried: Any, n_columns: int) -> np.ndarray:
+    """Indices of the columns the fill may change (`carried`: one flag per column, or one for all)."""
+    return np.flatnonzero(np.broadcast_to(carried, (n_columns,)))
 
 
 def _fill_sources(gaps: np.ndarray, max_fill: int) -> tuple[np.ndarray, np.ndarray]:
-    """For one column's gaps [..., T]: (the steps the fill sets, the step each step would copy from).
+    """For one column's gaps [..., T]: (the steps the fill sets, the last observed step at or before each step).
 
-    Step indices are int32 (a record has far fewer than 2**31 steps): half the memory of numpy's default."""
+    Step indices are int32 (a record has far fewer than 2**31 steps): half the memory of numpy's default. Before
+    the first reading `last` is -1 (numpy reads it as the final step): those steps are never filled."""
     steps = np.arange(gaps.shape[-1], dtype=np.int32)
     last = np.where(gaps, np.int32(-1), steps)
-    np.maximum.accumulate(last, axis=-1, out=last)            # the last observed step at or before each step
+    np.maximum.accumulate(last, axis=-1, out=last)
     fill = gaps & (last >= 0)
     fill &= steps - last <= max_fill
-    np.maximum(last, 0, out=last)
     return fill, last
 
 
@@ -138,7 +136,7 @@ def model_inputs(raw: Any, mean: Any, scale: Any, policy: MissingPolicy) -> tupl
         carry_forward(inputs, policy.max_fill, policy.carried, in_place=True)
         missing = np.isnan(inputs)
         for c in range(n_columns):
-            scaled = inputs[..., c].astype(np.float64)     # scaled in float64 like sklearn, stored in raw's dtype
+            scaled = np.array(inputs[..., c], dtype=np.float64)   # scaled in float64, stored in raw's dtype
             scaled -= mean[c]
             scaled /= scale[c]
             scaled[missing[..., c]] = 0.0
