@@ -233,9 +233,11 @@ def test_model_inputs_numpy_by_hand_for_each_indicator_kind(dtype):
 
 
 def test_model_inputs_scale_in_float64_before_storing_float32():
-    raw = np.ones((1, 1), dtype=np.float32)
-    got, _ = model_inputs(raw, np.array([1 + 1e-9]), np.array([1e-9]), MissingPolicy(("a",), (True,), 0, "mask"))
-    assert got.dtype == np.float32 and abs(got[0, 0] + 1) < 1e-3   # in float32 the mean would round to 1: 0
+    one = MissingPolicy(("a",), (True,), 0, "mask")
+    got, _ = model_inputs(np.ones((1, 1), dtype=np.float32), np.array([0.1]), np.array([0.3]), one)
+    assert got.dtype == np.float32 and got[0, 0] == 3.0      # (1 - 0.1) / 0.3 stored as float32 0.9 gives 2.9999998
+    got, _ = model_inputs(np.ones((1, 1), dtype=np.float32), np.array([1 + 1e-9]), np.array([1e-9]), one)
+    assert abs(got[0, 0] + 1) < 1e-3                         # a float32 mean would round to 1: 0
 
 
 def test_model_inputs_torch_equals_numpy_on_batched_windows():
@@ -489,7 +491,7 @@ def test_prepare_decides_the_indicators_after_the_fill():
     assert data.series[15, 2] == data.series[14, 2] != 0
 
 
-def test_prepare_with_an_existing_label_column_and_no_precipitation():
+def test_prepare_with_an_existing_label_and_no_precipitation():
     frame = record().drop(columns="precipitation").assign(rain=np.arange(N) % 3 == 0)
     frame["rain"] = frame["rain"].astype(float)
     frame.loc[30, "rain"] = NAN
