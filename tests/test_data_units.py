@@ -234,8 +234,9 @@ def test_model_inputs_numpy_by_hand_for_each_indicator_kind(dtype):
 
 def test_model_inputs_scale_in_float64_before_storing_float32():
     one = MissingPolicy(("a",), (True,), 0, "mask")
-    got, _ = model_inputs(np.ones((1, 1), dtype=np.float32), np.array([0.1]), np.array([0.3]), one)
-    assert got.dtype == np.float32 and got[0, 0] == 3.0      # (1 - 0.1) / 0.3 stored as float32 0.9 gives 2.9999998
+    got, _ = model_inputs(np.ones((1, 1), dtype=np.float32), np.array([0.1]), np.array([1.3]), one)
+    assert got.dtype == np.float32
+    assert got[0, 0] == np.float32(0.9 / 1.3) == np.float32(0.6923077)   # via a float32 0.9: 0.69230765
     got, _ = model_inputs(np.ones((1, 1), dtype=np.float32), np.array([1 + 1e-9]), np.array([1e-9]), one)
     assert abs(got[0, 0] + 1) < 1e-3                         # a float32 mean would round to 1: 0
 
