@@ -29,7 +29,7 @@ from rain_mlflow.config import DataConfig, RunConfig
 from rain_mlflow.durations import data_kind, describe_span, steps_text
 from rain_mlflow.data import accounting
 from rain_mlflow.data.clean import CleanResult
-from rain_mlflow.data.missing import MissingPolicy, carry_forward, model_inputs
+from rain_mlflow.data.missing import MissingPolicy, model_inputs, still_missing
 from rain_mlflow.data.windows import candidate_ends, gather, persistence, rain_labels, split_bounds, touching
 from rain_mlflow.errors import ConfigError, DataError
 
@@ -171,9 +171,8 @@ def window_accounting(cleaned: CleanResult, d: DataConfig) -> dict[str, Any]:
     """The accounting of `clean`: windows of `seq_len` steps as given (the model may trim it to whole tokens)."""
     d = d.in_steps(cleaned.step)
     columns = tuple(cleaned.features)
-    raw = cleaned.frame[list(columns)].to_numpy(dtype=np.float64)
     carried = [c != cleaned.report.get("precip_col") for c in columns]
-    missing = np.isnan(carry_forward(raw, cleaned.max_fill, carried))
+    missing = still_missing(data_array(cleaned.frame, columns), cleaned.max_fill, carried)
     labels = window_labels(cleaned, d)
     return accounting.select_windows(missing, labels, columns, d, d.seq_len, cleaned.max_fill)[1]
 
@@ -187,28 +186,48 @@ def persistence_forecast(cleaned: CleanResult, d: DataConfig, labels: np.ndarray
     return persistence(precipitation(cleaned), labels, d.horizon, d.rain_threshold)
 
 
+def data_array(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """The data columns as float32 [T, C], NaN where missing, copied a column at a time (never a float64 table)."""
+    raw = np.empty((len(frame), len(columns)), dtype=np.float32)
+    for i, column in enumerate(columns):
+        raw[:, i] = frame[column].to_numpy()
+    return raw
+
+
+def fit_scaler(frame: pd.DataFrame, columns: tuple[str, ...], train_end: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per data column over the training steps, NaN ignored: sklearn's StandardScaler fitted on each
+    float64 column of the frame in turn (the same numbers as one fit on the table, with a column's temporaries)."""
+    fits = [StandardScaler().fit(frame[c].to_numpy()[:train_end, None]) for c in columns]
+    return np.concatenate([f.mean_ for f in fits]), np.concatenate([f.scale_ for f in fits])
+
+
 def prepare(cleaned: CleanResult, cfg: RunConfig) -> PreparedData:
-    """Label, split, scale, fill and index a cleaned record for `cfg`; raise for settings the data cannot satisfy."""
+    """Label, split, scale, fill and index a cleaned record for `cfg`; raise for settings the data cannot satisfy.
+
+    Memory: the largest arrays are the float32 inputs and raw columns that are kept; everything else is made a
+    column at a time or before them (`bench/data_memory.py` measures the peak on 11 years of hourly data)."""
     notes: list[str] = []
     cfg = resolve(cfg, cleaned)
     frame, d = cleaned.frame, cfg.data
     window = effective_window(cfg, notes)
     columns = tuple(cleaned.features)
-    raw = frame[list(columns)].to_numpy(dtype=np.float64)
-    labels = window_labels(cleaned, d)
     train_end, val_end = split_bounds(len(frame), d)
     if window + d.horizon > train_end:
         raise ConfigError(
             f"seq_len {d.seq_len} (effective {window}) is longer than the training split allows: the training "
             f"split has {train_end} steps and a window needs {window} input steps plus horizon {d.horizon}; "
             "use a shorter seq_len, a larger train_fraction or more data")
-    scaler = StandardScaler().fit(raw[:train_end])  # NaN are ignored in fit
+    scaler_mean, scaler_scale = fit_scaler(frame, columns, train_end)
+    labels = window_labels(cleaned, d)
+    forecast = persistence_forecast(cleaned, d, labels)
+    raw = data_array(frame, columns)
     precip_col = cleaned.report.get("precip_col")
     carried = [c != precip_col for c in columns]
-    still_missing = np.isnan(carry_forward(raw, cleaned.max_fill, carried))
-    policy = MissingPolicy.build(columns, d, cleaned.max_fill, precip_col, still_missing[:train_end])
-    series, missing = model_inputs(raw, scaler.mean_, scaler.scale_, policy)
+    policy = MissingPolicy.build(columns, d, cleaned.max_fill, precip_col,
+                                 still_missing(raw[:train_end], cleaned.max_fill, carried))
+    series, missing = model_inputs(raw, scaler_mean, scaler_scale, policy)
     ends, report = accounting.select_windows(missing, labels, columns, d, window, cleaned.max_fill)
+    del missing
     ranges = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(frame))}
     splits = {}
     for name, (first, last) in ranges.items():
@@ -223,11 +242,10 @@ def prepare(cleaned: CleanResult, cfg: RunConfig) -> PreparedData:
         splits[name] = Split(name, ends[name], labels[ends[name]].astype(np.int64),
                              counts["candidates"] - counts["kept"], first, last, counts["candidates"])
     check_degenerate(splits, cfg, cleaned.step, notes)
-    return PreparedData(series=series.astype(np.float32), raw=raw.astype(np.float32),
-                        dates=pd.DatetimeIndex(frame[d.date_col]), features=policy.variables, window=window,
-                        horizon=d.horizon, splits=splits, scaler_mean=scaler.mean_, scaler_scale=scaler.scale_,
-                        policy=policy, accounting=report,
-                        persistence=persistence_forecast(cleaned, d, labels), notes=notes)
+    return PreparedData(series=series, raw=raw, dates=pd.DatetimeIndex(frame[d.date_col]),
+                        features=policy.variables, window=window, horizon=d.horizon, splits=splits,
+                        scaler_mean=scaler_mean, scaler_scale=scaler_scale, policy=policy, accounting=report,
+                        persistence=forecast, notes=notes)
 
 
 @dataclass(frozen=True)
@@ -252,21 +270,20 @@ def evaluation_windows(cleaned: CleanResult, cfg: RunConfig, policy: MissingPoli
     """Every usable window of a record, or only those of its test split (the same windows training scored)."""
     cfg = resolve(cfg, cleaned)
     frame, d = cleaned.frame, cfg.data
-    raw = frame[list(policy.columns)].to_numpy(dtype=np.float64)
+    raw = data_array(frame, policy.columns)
     labels = window_labels(cleaned, d)
     n = len(frame)
     first = split_bounds(n, d)[1] if test_split_only else 0
     candidates = candidate_ends(first, n, window, d.horizon)
     usable = ~np.isnan(labels)
     if policy.mode == "exclude":
-        still_missing = np.isnan(carry_forward(raw, policy.max_fill, policy.carried)).any(axis=1)
-        usable &= ~touching(still_missing, window)
+        usable &= ~touching(still_missing(raw, policy.max_fill, policy.carried).any(axis=1), window)
     ends = candidates[usable[candidates]]
     if len(ends) == 0:
         raise DataError(f"no usable window to evaluate ({len(candidates)} candidates, all with an unknown label"
                         f"{' or touching a missing input' if policy.mode == 'exclude' else ''}, or the record is "
                         f"shorter than the model's window of {window} steps)")
-    return EvalWindows(raw=raw.astype(np.float32), ends=ends, labels=labels[ends].astype(np.int64),
+    return EvalWindows(raw=raw, ends=ends, labels=labels[ends].astype(np.int64),
                        persistence=persistence_forecast(cleaned, d, labels)[ends],
                        end_dates=pd.DatetimeIndex(frame[d.date_col].to_numpy()[ends]),
                        candidates=int(len(candidates)), dropped=int(len(candidates) - len(ends)),

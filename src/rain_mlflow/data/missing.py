@@ -70,39 +70,83 @@ class MissingPolicy:
                    data.get("missing", "exclude"), indicators)
 
 
-def carry_forward(x: Any, max_fill: int, carried: Any) -> Any:
+def carry_forward(x: Any, max_fill: int, carried: Any, in_place: bool = False) -> Any:
     """Fill each missing value of a carried column with the last observed one, if at most `max_fill` steps old.
 
-    `x` is [..., T, C] (numpy or torch, time on axis -2); `carried` is a bool per column.
+    `x` is [..., T, C] (numpy or torch, time on axis -2); `carried` is a bool per column. numpy works a column at a
+    time, so its temporaries are one column wide, and with `in_place` fills `x` itself instead of a copy.
     """
     if isinstance(x, np.ndarray):
-        observed = ~np.isnan(x)
-        steps = np.broadcast_to(np.arange(x.shape[-2])[:, None], x.shape)
-        last = np.maximum.accumulate(np.where(observed, steps, -1), axis=-2)
-        source = np.take_along_axis(x, np.maximum(last, 0), axis=-2)
-        fill = ~observed & (last >= 0) & (steps - last <= max_fill) & np.asarray(carried, dtype=bool)
-        return np.where(fill, source, x)
+        filled = x if in_place else x.copy()
+        for c in _carried_columns(carried, x.shape[-1]):
+            column = filled[..., c]
+            gaps = np.isnan(column)
+            if gaps.any():
+                fill, source = _fill_sources(gaps, max_fill)
+                np.copyto(column, np.take_along_axis(column, source, axis=-1), where=fill)
+        return filled
     import torch
 
     observed = ~torch.isnan(x)
     steps = torch.arange(x.shape[-2], device=x.device)[:, None].expand(x.shape)
     last = torch.cummax(torch.where(observed, steps, torch.full_like(steps, -1)), dim=-2).values
     source = torch.gather(x, -2, last.clamp(min=0))
-    carried_t = torch.as_tensor(carried, dtype=torch.bool, device=x.device)
+    carried_t = torch.as_tensor(carried, device=x.device)
     fill = ~observed & (last >= 0) & (steps - last <= max_fill) & carried_t
     return torch.where(fill, source, x)
 
 
+def still_missing(raw: np.ndarray, max_fill: int, carried: Any) -> np.ndarray:
+    """bool [..., T, C]: what the causal fill leaves missing, without making a filled copy of the data."""
+    missing = np.isnan(raw)
+    for c in _carried_columns(carried, raw.shape[-1]):
+        if missing[..., c].any():
+            missing[..., c] &= ~_fill_sources(missing[..., c], max_fill)[0]
+    return missing
+
+
+def _carried_columns(carried: Any, n_columns: int) -> np.ndarray:
+    """Indices of the columns the fill may change (`carried`: one flag per column, or one for all)."""
+    return np.flatnonzero(np.broadcast_to(carried, (n_columns,)))
+
+
+def _fill_sources(gaps: np.ndarray, max_fill: int) -> tuple[np.ndarray, np.ndarray]:
+    """For one column's gaps [..., T]: (the steps the fill sets, the last observed step at or before each step).
+
+    Step indices are int32 (a record has far fewer than 2**31 steps): half the memory of numpy's default. Before
+    the first reading `last` is -1 (numpy reads it as the final step): those steps are never filled."""
+    steps = np.arange(gaps.shape[-1], dtype=np.int32)
+    last = np.where(gaps, np.int32(-1), steps)
+    np.maximum.accumulate(last, axis=-1, out=last)
+    fill = gaps & (last >= 0)
+    fill &= steps - last <= max_fill
+    return fill, last
+
+
 def model_inputs(raw: Any, mean: Any, scale: Any, policy: MissingPolicy) -> tuple[Any, Any]:
-    """Raw data columns [..., T, C] (NaN = missing) -> (model inputs [..., T, C + K], missing after the fill)."""
-    filled = carry_forward(raw, policy.max_fill, policy.carried)
+    """Raw data columns [..., T, C] (NaN = missing) -> (model inputs [..., T, C + K], missing after the fill).
+
+    numpy builds the inputs in one array of `raw`'s dtype, a column at a time (the whole training series of
+    11 years hourly is filled and scaled with temporaries one column wide)."""
     if isinstance(raw, np.ndarray):
-        missing = np.isnan(filled)
-        scaled = np.where(missing, 0.0, (filled - mean) / scale)
-        extra = [_indicator(missing, name, policy.columns).astype(scaled.dtype) for name in policy.indicators]
-        return np.concatenate([scaled, *extra], axis=-1), missing
+        n_columns = raw.shape[-1]
+        series = np.empty(raw.shape[:-1] + (n_columns + len(policy.indicators),), dtype=raw.dtype)
+        inputs = series[..., :n_columns]
+        inputs[...] = raw
+        carry_forward(inputs, policy.max_fill, policy.carried, in_place=True)
+        missing = np.isnan(inputs)
+        for c in range(n_columns):
+            scaled = np.array(inputs[..., c], dtype=np.float64)   # scaled in float64, stored in raw's dtype
+            scaled -= mean[c]
+            scaled /= scale[c]
+            scaled[missing[..., c]] = 0.0
+            inputs[..., c] = scaled
+        for k, name in enumerate(policy.indicators):
+            series[..., n_columns + k] = _indicator(missing, name, policy.columns)[..., 0]
+        return series, missing
     import torch
 
+    filled = carry_forward(raw, policy.max_fill, policy.carried)
     missing = torch.isnan(filled)
     scaled = torch.where(missing, torch.zeros_like(filled), (filled - mean) / scale)
     extra = [_indicator(missing, name, policy.columns).to(scaled.dtype) for name in policy.indicators]
