@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved  # noqa: E402
 from reference_einsum import reference_forecast  # noqa: E402
 
 from rain_mlflow.model import TimerXL  # noqa: E402
@@ -61,23 +61,6 @@ def check_agreement(model: TimerXL, x: torch.Tensor) -> float:
     return diff
 
 
-def median_step_seconds(steps: dict[str, Callable[[], None]], n_steps: int, warmup: int) -> dict[str, float]:
-    """Time the cases step by step, alternating between them, and keep the median.
-
-    Alternating and taking the median keeps a burst of load from other processes from favouring one case.
-    """
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(n_steps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def make_step(model: TimerXL, forward: Callable, x: torch.Tensor, target: torch.Tensor, bf16: bool) -> Callable:
     def step() -> None:
         model.zero_grad(set_to_none=True)
@@ -108,7 +91,9 @@ def main() -> None:
             "ours": make_step(model, model.forecast, x, target, bf16),
             "reference": make_step(model, ref_forward, x, target, bf16),
         }
-        seconds = median_step_seconds(steps, args.steps, args.warmup)
+        # alternating steps and their median: a burst of load from other processes favours neither case
+        times = interleaved(steps, args.steps, warmup=args.warmup)
+        seconds = {name: statistics.median(values) for name, values in times.items()}
         ours, ref = args.batch_size / seconds["ours"], args.batch_size / seconds["reference"]
         label = "bf16 autocast" if bf16 else "fp32"
         print(f"{label:>13}: ours {ours:7.2f} samples/s | reference {ref:7.2f} samples/s | ratio {ours / ref:.2f}x")
