@@ -35,7 +35,7 @@ import numpy, pandas, sklearn.preprocessing, torch  # noqa: F401  (what `train` 
 
 baseline = status("VmHWM")
 cfg = presets.build("small", {"data": sys.argv[1], "seq_len": 2880, "missing": "mask"})
-raw, cleaned = load_clean(cfg.data)
+_, cleaned = load_clean(cfg.data)  # as `train` does: the raw frame is not kept
 after_load_peak, before_prepare = status("VmHWM"), status("VmRSS")
 cfg = resolve(cfg, cleaned)
 reset_peak()

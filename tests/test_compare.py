@@ -145,6 +145,25 @@ def test_json_flags_and_fields_per_run(runs):
     assert all(row["epochs_from"].startswith("step (") and row["metric_map"] == {} for row in rows.values())
 
 
+def test_compare_on_sqlite_loads_neither_pandas_nor_numpy_nor_torch_nor_mlflow(tracking, runs):
+    """The whole `rain-mlflow compare` process must start fast (bench section 5: <= 3 s at 1,000 runs): reading a
+    sqlite store whose verdicts are up to date needs only the standard library; a heavy import at the top of a
+    shared module breaks that."""
+    probe = ("import json, sys\nfrom rain_mlflow.cli import main\n"
+             "try:\n    main(['compare', '--experiment', 'rain-test', '--format', 'json'])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "heavy = [m for m in ('pandas', 'numpy', 'torch', 'mlflow', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+             "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n")
+    # the first pass writes the verdict tags (through MLflow); the measured case is the next one, nothing to write
+    first = subprocess.run([sys.executable, "-m", "rain_mlflow", "compare", "--experiment", "rain-test"],
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report == {"code": 0, "heavy": []}, done.stderr[-2000:]
+    assert {r["run_name"] for r in json.loads(done.stdout)} >= {"healthy"}
+
+
 def test_given_run_ids_are_compared_whatever_their_tags(tracking, runs):
     rows = compare_json(experiment=None, run_ids=[runs["healthy"], runs["transfer_long"], runs["healthy"]])
     assert [row["run_name"] for row in rows] == ["healthy", "transfer_long"]

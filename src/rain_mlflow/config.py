@@ -19,12 +19,13 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Union
 
 from rain_mlflow.durations import parse_time, steps_of
 from rain_mlflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MODEL_NAME = "rain-timerxl-classifier"  # the registered model `promote` writes and `test` reads
 CHAMPION_ALIAS = "champion"
@@ -109,6 +110,8 @@ class DataConfig:
         steps = {name: steps_of(name, getattr(self, name), step, FIELDS[name].metadata["min"])
                  for name in TIME_FIELDS if getattr(self, name) is not None}
         if self.max_fill is None:
+            import pandas as pd
+
             steps["max_fill"] = int(math.floor(pd.Timedelta(hours=DEFAULT_MAX_FILL_HOURS) / step))
         return dataclasses.replace(self, **steps)
 

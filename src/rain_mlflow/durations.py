@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from rain_mlflow.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas is imported where a duration is parsed: `compare` and `--help` never need it
+    import pandas as pd
 
 TIME_RULE = "a step count (an integer) or a duration such as 24h, 3h or 60d"
 
 
 def duration_of(text: str) -> pd.Timedelta | None:
     """`24h`, `3H`, `60d`, `1D`, `90min`, `1 day` -> Timedelta; None when it is not a fixed duration."""
+    import pandas as pd
+
     for parse in (pd.Timedelta, lambda t: pd.Timedelta(pd.tseries.frequencies.to_offset(t))):
         try:
             with warnings.catch_warnings():  # pandas deprecates the lower-case `d` users naturally type
@@ -45,6 +48,8 @@ def parse_time(name: str, value: Any, minimum: int) -> int | str:
     duration = duration_of(text) if text and not text.lower().startswith("nan") else None
     if duration is None:
         raise ConfigError(f"{name} must be {TIME_RULE} (months and years have no fixed length); got {value!r}")
+    import pandas as pd
+
     if duration < pd.Timedelta(0) or (duration == pd.Timedelta(0) and minimum > 0):
         raise ConfigError(f"{name} must be a duration {'>' if minimum else '>='} 0; got {value!r}")
     return text
@@ -83,6 +88,8 @@ def describe_span(span: pd.Timedelta) -> str:
 
 def data_kind(step: pd.Timedelta) -> str:
     """'hourly data', '3-hourly data', 'daily data', '30 min data'."""
+    import pandas as pd
+
     if step == pd.Timedelta(days=1):
         return "daily data"
     if step % pd.Timedelta(hours=1) == pd.Timedelta(0) and step < pd.Timedelta(days=1):

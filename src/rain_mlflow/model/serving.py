@@ -57,17 +57,15 @@ def signature(window: int, n_vars: int) -> Any:
 
 def log_pyfunc(checkpoint_path: Path, window: int, n_vars: int, input_example: np.ndarray, step: int) -> Any:
     """Log the model of the active run from its `best.pt`; returns MLflow's ModelInfo."""
-    import warnings
-
     import rain_mlflow
 
-    with warnings.catch_warnings():  # MLflow suggests type hints; the signature below is the schema
-        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=str(ENTRY_FILE), artifacts={CHECKPOINT: str(checkpoint_path)},
-            code_paths=[str(Path(rain_mlflow.__file__).parent)], signature=signature(window, n_vars),
-            input_example=np.asarray(input_example, dtype=np.float32), step=step,
-            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy"])
+    # MLflow's "Add type hints to the `predict` method" warning comes from defining RainPyfunc, inside MLflow's own
+    # warnings filter, which overrides any filter set here; the signature below is the schema.
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(ENTRY_FILE), artifacts={CHECKPOINT: str(checkpoint_path)},
+        code_paths=[str(Path(rain_mlflow.__file__).parent)], signature=signature(window, n_vars),
+        input_example=np.asarray(input_example, dtype=np.float32), step=step,
+        pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy"])
 
 
 def is_ours(flavors: dict[str, Any]) -> bool:
