@@ -80,8 +80,9 @@ def gbm_predictions(model: RainModel, trained_cfg: RunConfig, cleaned: Any, wind
         return None, f"gbm baseline left out: the training data {cfg.data.data!r} cannot be used here ({exc})"
     train = prepared.splits["train"]
     gbm = GbmBaseline(prepared.window, prepared.rain_index).fit(prepared.series, train.ends, train.labels)
+    # new data goes through the training data's fill and scaler in float32, as `prepare` built the training series
     series = prepared.series if not new_data else model_inputs(
-        windows.raw.astype(np.float64), prepared.scaler_mean, prepared.scaler_scale, prepared.policy)[0]
+        np.asarray(windows.raw, dtype=np.float32), prepared.scaler_mean, prepared.scaler_scale, prepared.policy)[0]
     return gbm.predict(series, windows.ends), f"gbm fitted on the training split of {cfg.data.data}"
 
 
