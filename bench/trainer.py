@@ -203,13 +203,11 @@ def _figures(preset: str, store: str, overrides: dict, summary: dict, watch: Sto
     share = tracked / wall
     limit = 0.05 if preset == "smoke" else 0.01
     # Inside the epochs only: what every further epoch costs (the run's start, model logging and figures are paid
-    # once, however long the run).
-    per_epoch = (s.get("per_epoch_tracking", 0.0) + s.get("checkpoint_write", 0.0)) / s["fit"]
-    detail["per_epoch_share_pct"] = 100 * per_epoch
-    # in seconds: what each further epoch costs, and what the run pays once (start, model logging, figures, end)
-    per_epoch_s = (s.get("per_epoch_tracking", 0.0) + s.get("checkpoint_write", 0.0)) / epochs
-    detail.update(tracking_s_per_epoch=per_epoch_s, tracking_s_once=max(tracked - per_epoch_s * epochs, 0.0),
-                  epoch_s=s["fit"] / epochs)
+    # once, however long the run), as a share of the fit and in seconds, next to what the run pays once.
+    in_epochs = s.get("per_epoch_tracking", 0.0) + s.get("checkpoint_write", 0.0)
+    per_epoch = in_epochs / s["fit"]
+    detail.update(per_epoch_share_pct=100 * per_epoch, tracking_s_per_epoch=in_epochs / epochs,
+                  tracking_s_once=max(tracked - in_epochs, 0.0), epoch_s=s["fit"] / epochs)
     figures = [Figure(section="3 tracking overhead", name=f"{preset} on {store}: MLflow + checkpoint writes, whole run",
                       value=100 * share, unit="% of wall", target=f"<= {limit:.0%}",
                       met=(share <= limit) if not quick else None, detail=detail, command=command, machine=machine),
