@@ -6,7 +6,7 @@ wait for another process's lock, and how long does it take compared with one pro
 
 Each process trains the `smoke` preset on the same synthetic record (different seeds) into a fresh
 `sqlite:///<tmp>/shared.db`; the script reports, per process, the exit code, the wall time and
-`rain_mlflow.store.lock_waits` (writes that met "database is locked" and were retried), then checks that every run
+`rain_mlflow.tracking.store.lock_waits` (writes that met "database is locked" and were retried), then checks that every run
 is FINISHED with every per-epoch metric at every epoch. Timings on a shared machine are noisy.
 """
 
@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 CHILD = """
 import atexit, sys
-import rain_mlflow.store as store
+import rain_mlflow.tracking.store as store
 atexit.register(lambda: print(f"lock_waits={store.lock_waits}", file=sys.stderr))
 from rain_mlflow.cli import main
 main(sys.argv[1:])

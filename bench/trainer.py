@@ -233,8 +233,8 @@ def checkpoint_copy(stores: dict[str, str], quick: bool, command: str, machine: 
     import mlflow
 
     from rain_mlflow.model.factory import build_classifier
-    from rain_mlflow.tracking import Tracker
-    from rain_mlflow.train.checkpoint import save
+    from rain_mlflow.model.checkpoint import save
+    from rain_mlflow.tracking.tracker import Tracker
     from rain_mlflow.train.loop import build_optimizer
 
     preset = "small" if quick else "transfer"

@@ -197,7 +197,7 @@ def workdir(tmp_path_factory, synthetic_csv):
     import numpy as np
 
     from rain_mlflow.model.factory import build_classifier
-    from rain_mlflow.train import checkpoint
+    from rain_mlflow.model import checkpoint
 
     folder = tmp_path_factory.mktemp("cli-properties")
     lines = synthetic_csv.read_text().splitlines()[:2200]

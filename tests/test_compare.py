@@ -586,7 +586,8 @@ def test_the_live_diagnosis_reuses_the_thresholds_stored_on_its_run(store, synth
     from rain_mlflow import presets
     from rain_mlflow.data import load_clean
     from rain_mlflow.data.dataset import prepare
-    from rain_mlflow.tracking import Tracker, connect
+    from rain_mlflow.tracking.experiments import connect
+    from rain_mlflow.tracking.tracker import Tracker
     from rain_mlflow.train import EpochTracker
     from rain_mlflow.train.loop import TrainState
 

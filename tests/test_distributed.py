@@ -65,7 +65,7 @@ def test_two_gloo_processes_make_one_run_that_follows_the_single_process_run(sto
 
 
 def test_sigkill_of_the_launcher_then_resume_logs_every_epoch_once(store, tiny_csv, tmp_path):
-    from rain_mlflow import liveness
+    from rain_mlflow.tracking import liveness
 
     first = launch(store, *TRAIN, "--data", str(tiny_csv), "--train-epochs", "4", "--patience", "99",
                    "--devices", "2", cwd=tmp_path)

@@ -102,8 +102,9 @@ def test_a_misconfigured_store_is_one_error_line_naming_it(cli, tmp_path, monkey
 
 def test_the_failure_path_keeps_the_error_when_the_store_dies_mid_run(tmp_path, monkeypatch):
     """End the run first, tag best-effort: a store that is gone must not replace the error, nor hang."""
-    from rain_mlflow.store import bound_http_retries
-    from rain_mlflow.tracking import Tracker, connect
+    from rain_mlflow.tracking.experiments import connect
+    from rain_mlflow.tracking.store import bound_http_retries
+    from rain_mlflow.tracking.tracker import Tracker
 
     port = closed_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",

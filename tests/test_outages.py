@@ -140,7 +140,9 @@ def test_a_write_delivered_twice_is_stored_once(store, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from rain_mlflow.errors import UserError
-    from rain_mlflow.tracking import Tracker, connect, deliver, sync_run
+    from rain_mlflow.tracking.delivery import deliver, sync_run
+    from rain_mlflow.tracking.experiments import connect
+    from rain_mlflow.tracking.tracker import Tracker
 
     connect("twice")
     with Tracker.start("train", run_name="twice", durable=True) as tracker:
@@ -178,7 +180,7 @@ def test_sync_of_a_folder_that_is_no_run_folder_is_one_error_line(cli, tmp_path,
 
 def test_outbox_keeps_order_and_survives_a_restart(tmp_path):
     """Writes put while the store is away are delivered in order after it returns, by a new process's outbox."""
-    from rain_mlflow.outbox import Outbox
+    from rain_mlflow.tracking.outbox import Outbox
 
     got: list[int] = []
     away = {"now": True}

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from rain_mlflow.config import MODEL_NAME
 from rain_mlflow.model.factory import rain_model_from_payload
-from rain_mlflow.train import checkpoint
+from rain_mlflow.model import checkpoint
 from tests.conftest import run_env
 
 EXPERIMENT = "format"

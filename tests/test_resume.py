@@ -11,7 +11,8 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import liveness, presets
+from rain_mlflow import presets
+from rain_mlflow.tracking import liveness
 from rain_mlflow.train.schedule import COSINE_FLOOR, lr_at
 from tests.conftest import assert_user_error
 from tests.test_train import run_id_and_kill_after, start_training

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from rain_mlflow.config import FIELDS, RunConfig
 from rain_mlflow.model.factory import rain_model_from_payload
-from rain_mlflow.train import checkpoint
+from rain_mlflow.model import checkpoint
 from tests.conftest import REPO, assert_user_error, run_env
 
 EPOCH_METRICS = ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "val_f1", "test_f1",

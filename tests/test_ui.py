@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, unquote
 
-from rain_mlflow import ui
+from rain_mlflow.tracking import ui
 
 RUN_A, RUN_B = "a" * 32, "b" * 32
 

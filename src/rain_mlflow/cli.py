@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from rain_mlflow import __version__, interrupts
+from rain_mlflow import __version__
+from rain_mlflow.tracking import interrupts
 from rain_mlflow.config import (CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME,
                                 field_type)
 from rain_mlflow.errors import UserError
@@ -200,7 +201,7 @@ def tune(preset: str | None, space: str | None, n_trials: int, timeout: float | 
     import time
 
     from rain_mlflow import presets
-    from rain_mlflow.store import tracking_uri
+    from rain_mlflow.tracking.store import tracking_uri
     from rain_mlflow.tune import TuneConfig, default_space, default_storage, load, run_tune
 
     import re
@@ -344,7 +345,7 @@ def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_t
     from rain_mlflow.diagnostics.thresholds import Thresholds
 
     checked = Thresholds(**thresholds)  # a bad threshold fails before the store is opened
-    from rain_mlflow import store
+    from rain_mlflow.tracking import store
 
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
@@ -359,7 +360,8 @@ def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_t
     else:  # launched by `mlflow run . -e compare`: keep the comparison in the run MLflow created
         import tempfile
 
-        from rain_mlflow.tracking import Tracker, use_store
+        from rain_mlflow.tracking.store import use_store
+        from rain_mlflow.tracking.tracker import Tracker
 
         use_store()
         report = Path(report_dir or tempfile.mkdtemp(prefix="rain-mlflow-compare-"))
@@ -392,7 +394,7 @@ def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_t
 def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
             allow_test_metric: bool, run_id: str | None, study: str | None, **thresholds: Any) -> None:
     """Register the best healthy run's checkpoint in the Model Registry under an alias."""
-    from rain_mlflow.registry import run_promote
+    from rain_mlflow.registry.promote import run_promote
 
     run_promote(experiment=experiment, model_name=model_name, metric=metric, alias=alias,
                 allow_flagged=allow_flagged, run_id=run_id, study=study,
@@ -434,7 +436,7 @@ def sync(folder: str | None, run_folder: str | None) -> None:
     """Deliver the writes a training run kept locally during a tracking outage (RUN_FOLDER: rain-runs/<run id>)."""
     from pathlib import Path
 
-    from rain_mlflow.tracking import sync_run
+    from rain_mlflow.tracking.delivery import sync_run
 
     chosen = folder or run_folder
     if not chosen:
@@ -521,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     the run ended KILLED. Under `mlflow run`, a failure before our code attached to the launched run ends that run
     FAILED (KILLED) with the reason, so it is never left RUNNING.
     """
-    from rain_mlflow.store import bound_http_retries, store_error
+    from rain_mlflow.tracking.store import bound_http_retries, store_error
 
     _setup_logging()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs readable
@@ -555,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _end_launched_run(status: str, reason: str) -> None:
     if os.environ.get("MLFLOW_RUN_ID"):
-        from rain_mlflow.tracking import end_launched_run
+        from rain_mlflow.tracking.tracker import end_launched_run
 
         end_launched_run(status, " ".join(reason.split()))
 

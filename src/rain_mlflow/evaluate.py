@@ -31,7 +31,7 @@ from rain_mlflow.data.dataset import EvalWindows, evaluation_windows, prepare
 from rain_mlflow.data.missing import model_inputs
 from rain_mlflow.errors import DataError, UserError
 from rain_mlflow.model.factory import RainModel, rain_model_from_payload
-from rain_mlflow.train import checkpoint
+from rain_mlflow.model import checkpoint
 from rain_mlflow.train.baselines import GbmBaseline, baseline_metrics, skill, verdict
 from rain_mlflow.train.metrics import confusion, split_metrics
 
@@ -41,16 +41,16 @@ BATCH = 256
 
 def load_model(model_uri: str) -> tuple[RainModel, str | None]:
     """The serving model and the id of the training run it came from (None for a bare checkpoint file)."""
-    from rain_mlflow.tracking import Tracker, find_run
+    from rain_mlflow.tracking.runs import download_run_artifact, find_run
 
     if model_uri.startswith("models:/"):
-        from rain_mlflow.model.serving import load_served_model
+        from rain_mlflow.registry.loading import load_served_model
 
         return load_served_model(model_uri)
     if RUN_ID.match(model_uri) and not Path(model_uri).exists():
         find_run(model_uri)
         try:
-            path = Tracker.download_run_artifact(model_uri, "checkpoints/best.pt", tempfile.mkdtemp())
+            path = download_run_artifact(model_uri, "checkpoints/best.pt", tempfile.mkdtemp())
         except Exception:
             raise UserError(f"run {model_uri} has no checkpoints/best.pt (is it a finished training run?)") from None
         return rain_model_from_payload(checkpoint.load(path))[0], model_uri
@@ -103,7 +103,9 @@ def score(labels: np.ndarray, probability: np.ndarray, baselines: dict[str, np.n
 
 def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str | None = None) -> dict[str, Any]:
     """Evaluate, log a test run linked to the training run, print the result."""
-    from rain_mlflow.tracking import Tracker, connect, data_digest
+    from rain_mlflow.tracking.datasets import data_digest
+    from rain_mlflow.tracking.experiments import connect
+    from rain_mlflow.tracking.tracker import Tracker
 
     model_uri = model_uri or DEFAULT_MODEL_URI
     presets.build(presets.DEFAULT_PRESET, overrides)  # a bad value fails here, before any store is opened
@@ -158,7 +160,8 @@ def _is_training_data(raw: pd.DataFrame, trained_run: str | None, trained_cfg: R
     A checkpoint file whose run is not in this store has no recorded digest: then the paths are compared after
     resolving them (`./data/x.csv` and `data/x.csv` are the same file), and the answer is printed.
     """
-    from rain_mlflow.tracking import find_run, same_data
+    from rain_mlflow.tracking.datasets import same_data
+    from rain_mlflow.tracking.runs import find_run
 
     recorded = None
     if trained_run:
@@ -221,8 +224,9 @@ def _print(model_uri: str, windows: Any, m: dict[str, Any], matrix: list[list[in
 
 
 def _print_links(experiment_id: str, run_id: str, trained_run: str | None) -> None:
-    from rain_mlflow import ui
-    from rain_mlflow.tracking import find_run, tracking_uri
+    from rain_mlflow.tracking import ui
+    from rain_mlflow.tracking.runs import find_run
+    from rain_mlflow.tracking.store import tracking_uri
 
     links = [("test run", ui.run_url("", experiment_id, run_id))]
     if trained_run:

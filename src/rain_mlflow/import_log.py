@@ -177,7 +177,8 @@ def import_logs(paths: list[str], *, experiment: str | None = None, preset: str 
 
     Every file and option is checked before anything is written, so a user error leaves the store unchanged.
     """
-    from rain_mlflow.tracking import Tracker, connect
+    from rain_mlflow.tracking.experiments import connect
+    from rain_mlflow.tracking.tracker import Tracker
 
     paths = [p for p in paths if str(p).strip()]
     if not paths:
@@ -202,7 +203,8 @@ def _import_one(experiment_id: str, log: ParsedLog, preset: str | None, run_name
     import click
 
     from rain_mlflow.diagnostics import RULES, RunHistory, Thresholds, diagnose, diagnosis_tag
-    from rain_mlflow.tracking import Tracker, runs_with_tag
+    from rain_mlflow.tracking.runs import runs_with_tag
+    from rain_mlflow.tracking.tracker import Tracker
 
     existing = runs_with_tag(experiment_id, DIGEST_TAG, log.digest)
     if existing:

@@ -19,11 +19,15 @@ from typing import Any
 
 import click
 
-from rain_mlflow import presets, ui
+from rain_mlflow import presets
 from rain_mlflow.config import CHAMPION_ALIAS as ALIAS
 from rain_mlflow.config import MODEL_NAME
-from rain_mlflow.tracking import (Tracker, connect, experiment_name_of, find_run, pipeline_run, pipeline_steps,
-                                  tracking_uri)
+from rain_mlflow.tracking import ui
+from rain_mlflow.tracking.experiments import connect, experiment_name_of
+from rain_mlflow.tracking.pipelines import pipeline_run, pipeline_steps
+from rain_mlflow.tracking.runs import find_run
+from rain_mlflow.tracking.store import tracking_uri
+from rain_mlflow.tracking.tracker import Tracker
 
 STEPS = ("synth", "clean", "train", "test", "compare", "promote")
 
@@ -37,7 +41,7 @@ def run_pipeline(preset: str = "smoke", experiment: str | None = None, workdir: 
     from rain_mlflow.clean_command import run_clean
     from rain_mlflow.diagnostics.rules import Thresholds
     from rain_mlflow.evaluate import run_test
-    from rain_mlflow.registry import run_promote
+    from rain_mlflow.registry.promote import run_promote
     from rain_mlflow.synth import SynthConfig, write_synthetic
     from rain_mlflow.train import run_training
 

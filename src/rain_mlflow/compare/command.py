@@ -55,7 +55,7 @@ def run(*, experiment: str | None, run_ids: Sequence[str] | None, fmt: str = "ta
 
 def _ui_links(uri: str, experiment: str | None, reads: Sequence[ReadRun]) -> str:
     """`MLflow UI:` lines: the experiment's runs table, and the charts and compare page of the (first 20) runs."""
-    from rain_mlflow import ui
+    from rain_mlflow.tracking import ui
 
     run_ids = [read.history.run_id for read in reads][:ui.COMPARE_LIMIT]
     these = "these runs" if len(reads) <= ui.COMPARE_LIMIT else f"the first {len(run_ids)} runs"
@@ -79,7 +79,7 @@ def write_diagnosis_tags(uri: str, reports: Iterable[RunReport]) -> int:
     if pending:
         from mlflow import MlflowClient
 
-        from rain_mlflow.tracking import write_run_diagnosis
+        from rain_mlflow.tracking.diagnosis import write_run_diagnosis
 
         client = MlflowClient(uri)
         for r in pending:

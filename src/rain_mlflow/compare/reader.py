@@ -68,7 +68,7 @@ def experiment_name(explicit: str | None) -> str:
     if explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         return explicit or os.environ["MLFLOW_EXPERIMENT_NAME"]
     if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        from rain_mlflow.tracking import experiment_name as launched_experiment
+        from rain_mlflow.tracking.experiments import experiment_name as launched_experiment
 
         return launched_experiment(None)
     return DEFAULT_EXPERIMENT

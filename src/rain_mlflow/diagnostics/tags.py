@@ -1,4 +1,4 @@
-"""The tags a diagnosis leaves on its run, as plain data (the writers live in `tracking.py`).
+"""The tags a diagnosis leaves on its run, as plain data (the writers live in `tracking/`).
 
 `diagnosis` is `ok` or the sorted flags, `diagnosis.<flag>` holds one evidence line per fired flag,
 `diagnosis.thresholds` the thresholds used (JSON) and `diagnosis.metric_map` the metric names read under ours

@@ -30,7 +30,8 @@ from rain_mlflow.model import load_pretrained_backbone
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model.transfer import shapes_of
 from rain_mlflow.presets import time_meaning
-from rain_mlflow.train import checkpoint, distributed
+from rain_mlflow.model import checkpoint
+from rain_mlflow.train import distributed
 from rain_mlflow.train.dry_run import dry_run_report
 from rain_mlflow.train.loop import FitResult, NonFiniteLoss, TrainState, fit
 from rain_mlflow.train.baselines import prepared_baselines, skill
@@ -65,7 +66,8 @@ def _run_training(world: distributed.World, cfg: RunConfig | None, overrides: di
                   resume: str | None, dry_run: bool, experiment: str | None, run_name: str | None,
                   output_format: str, reschedule: bool, force: bool, tags: dict[str, str] | None,
                   on_epoch: EpochHook | None) -> dict:
-    from rain_mlflow.tracking import connect, deliver_pending, run_folder
+    from rain_mlflow.tracking.delivery import deliver_pending, run_folder
+    from rain_mlflow.tracking.experiments import connect
 
     resume_payload = None
     if resume:  # rank 0 reads the run and its last.pt; the other ranks get both from it
@@ -119,8 +121,9 @@ def _tracked_run(cfg: RunConfig, data: PreparedData, raw: Any, clean_report: dic
                  precision: Precision, pretrained: dict | None, resume: str | None,
                  resume_payload: dict | None, run_name: str | None, tags: dict[str, str] | None = None,
                  on_epoch: EpochHook | None = None) -> dict:
-    from rain_mlflow import ui
-    from rain_mlflow.tracking import Tracker, tracking_uri
+    from rain_mlflow.tracking import ui
+    from rain_mlflow.tracking.store import tracking_uri
+    from rain_mlflow.tracking.tracker import Tracker
 
     with Tracker.start("train", run_name=run_name or cfg.preset, resume_run_id=resume, system_metrics=True,
                        tags={"preset": cfg.preset, **(tags or {})}, durable=True) as tracker, tracker.keep_alive():
@@ -215,7 +218,7 @@ def _record_setup(tracker: Any, cfg: RunConfig, data: PreparedData, raw: Any, cl
 
 
 def _check_same_data(tracker: Any, raw: Any, clean_report: dict) -> None:
-    from rain_mlflow.tracking import data_digest, same_data
+    from rain_mlflow.tracking.datasets import data_digest, same_data
 
     expected = tracker.client.get_run(tracker.run_id).data.tags.get("data_digest")
     digest = data_digest(raw)

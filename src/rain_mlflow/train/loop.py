@@ -38,7 +38,7 @@ from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import set_backbone_frozen
 from rain_mlflow.train import distributed
-from rain_mlflow.train.checkpoint import LAST_FORMAT, model_payload, save as save_checkpoint
+from rain_mlflow.model.checkpoint import LAST_FORMAT, model_payload, save as save_checkpoint
 from rain_mlflow.train.losses import build_loss
 from rain_mlflow.train.metrics import confusion, split_metrics
 from rain_mlflow.train.precision import Precision

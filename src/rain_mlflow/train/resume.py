@@ -19,7 +19,7 @@ from typing import Any
 
 from rain_mlflow.config import RunConfig
 from rain_mlflow.errors import UserError
-from rain_mlflow.train import checkpoint
+from rain_mlflow.model import checkpoint
 from rain_mlflow.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ HISTORY_FILE = "resume_history.json"
 def resume_source(run_id: str, overrides: dict[str, Any], reschedule: bool = False,
                   force: bool = False) -> tuple[RunConfig, dict]:
     """The config and last.pt of a run to continue; refuses what would corrupt it or alter what already ran."""
-    from rain_mlflow import liveness
-    from rain_mlflow.tracking import Tracker, find_run
+    from rain_mlflow.tracking import liveness
+    from rain_mlflow.tracking.runs import download_run_artifact, find_run
 
     run = find_run(run_id)
     if run.data.tags.get("rain.step") != "train":
@@ -52,7 +52,7 @@ def resume_source(run_id: str, overrides: dict[str, Any], reschedule: bool = Fal
                         f"{', '.join(RESUMABLE_OVERRIDES)}")
     tmp = tempfile.mkdtemp(prefix="rain-mlflow-resume-")
     try:
-        path = Tracker.download_run_artifact(run_id, "checkpoints/last.pt", tmp)
+        path = download_run_artifact(run_id, "checkpoints/last.pt", tmp)
     except Exception:
         raise UserError(f"run {run_id} has no checkpoints/last.pt to resume from (it did not finish an epoch)") \
             from None

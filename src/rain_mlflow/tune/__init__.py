@@ -20,9 +20,13 @@ __all__ = ["DIRECTION", "PRUNERS", "STUDY_TAG", "Space", "TuneConfig", "default_
 
 def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run (or continue) the study and return the parent run id and the summary numbers."""
-    from rain_mlflow import ui, weights
+    from rain_mlflow import weights
+    from rain_mlflow.tracking import ui
     from rain_mlflow.data import load_clean
-    from rain_mlflow.tracking import Tracker, connect, find_runs, shown, tracking_uri
+    from rain_mlflow.tracking.experiments import connect
+    from rain_mlflow.tracking.runs import find_runs
+    from rain_mlflow.tracking.store import shown, tracking_uri
+    from rain_mlflow.tracking.tracker import Tracker
     from rain_mlflow.tune import results
     from rain_mlflow.tune.study import check_direction, fail_stale_trials, open_study, optimize
 

@@ -54,7 +54,7 @@ def best_trial(study: Any) -> Any:
 
 def trial_runs(experiment_id: str, study_name: str) -> dict[int, str]:
     """trial number -> MLflow run id (the latest run of that trial number)."""
-    from rain_mlflow.tracking import find_runs
+    from rain_mlflow.tracking.runs import find_runs
 
     runs = find_runs(experiment_id, f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{TRIAL_TAG}` != ''")
     return {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in runs if r.data.tags.get(TRIAL_TAG, "").isdigit()}

@@ -131,7 +131,7 @@ class Pruning:
 def objective(cfg: TuneConfig) -> Any:
     import optuna
 
-    from rain_mlflow import liveness
+    from rain_mlflow.tracking import liveness
     from rain_mlflow.train import run_training
     from rain_mlflow.train.loop import NonFiniteLoss
 
@@ -217,8 +217,9 @@ def fail_stale_trials(study: Any, experiment_id: str, cfg: TuneConfig) -> list[i
     """Trials left RUNNING by a worker that is gone (killed): FAIL in Optuna, their MLflow runs ended KILLED."""
     import optuna
 
-    from rain_mlflow import liveness
-    from rain_mlflow.tracking import end_stale_run, find_runs
+    from rain_mlflow.tracking import liveness
+    from rain_mlflow.tracking.runs import find_runs
+    from rain_mlflow.tracking.tracker import end_stale_run
 
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

@@ -1,6 +1,5 @@
-"""Delivering a training run's queued writes to the store (part of the tracking layer, with `tracking.py` and
-`store.py`): one idempotent store write per outbox entry (`outbox.py`), what counts as an outage, the local run
-folder, and `rain-mlflow sync RUN_FOLDER`.
+"""Delivering a training run's queued writes to the store: one idempotent store write per outbox entry
+(`outbox.py`), what counts as an outage, the local run folder, and `rain-mlflow sync RUN_FOLDER`.
 """
 
 from __future__ import annotations
@@ -16,12 +15,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import mlflow
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from requests.exceptions import RequestException
 
 from rain_mlflow.errors import UserError
-from rain_mlflow.outbox import Outbox
-from rain_mlflow.store import StoreError, describe, exception_chain, shown, tracking_uri, use_store
+from rain_mlflow.tracking import private
+from rain_mlflow.tracking.outbox import Outbox
+from rain_mlflow.tracking.store import StoreError, describe, exception_chain, shown, tracking_uri, use_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,8 +55,6 @@ def deliver(client: MlflowClient, run_id: str, op: dict[str, Any]) -> None:
     elif kind == "artifact":
         client.log_artifact(run_id, op["path"], op.get("dir"))
     elif kind == "model":
-        import numpy as np
-
         log_model_once(client, run_id, op, np.load(op["path"]))
     elif kind == "terminate":
         client.set_terminated(run_id, op["status"])
@@ -65,7 +65,9 @@ def deliver(client: MlflowClient, run_id: str, op: dict[str, Any]) -> None:
 def log_model_once(client: MlflowClient, run_id: str, op: dict[str, Any], input_example: Any) -> str:
     """The run's serving model, logged once: a run that already has one (an earlier delivery whose answer was
     lost) keeps it. Tags the run with its `model_id`."""
-    from rain_mlflow.model import serving
+    # Imported here, when a model is logged: defining the pyfunc class makes MLflow print a warning (`serving.py`),
+    # which commands that log no model should not show.
+    from rain_mlflow.tracking import serving
 
     experiment_id = client.get_run(run_id).info.experiment_id
     found = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
@@ -87,21 +89,15 @@ def _attached(run_id: str) -> Iterator[None]:
     if active is not None and active.info.run_id == run_id:
         yield
         return
-    from mlflow.tracking import fluent
-
     mlflow.start_run(run_id=run_id, log_system_metrics=False)  # status RUNNING; the outbox's end status follows
     try:
         yield
     finally:
-        stack = fluent._active_run_stack.get()
-        if stack and stack[-1].info.run_id == run_id:
-            stack.pop()
+        private.pop_active_run(run_id)
 
 
 def is_outage(exc: BaseException) -> bool:
     """Whether a failed write means the store is away for now (try again later) rather than refusing it."""
-    from requests.exceptions import RequestException
-
     chain = list(exception_chain(exc))
     if any(isinstance(e, (RequestException, ConnectionError, TimeoutError)) for e in chain):
         return True

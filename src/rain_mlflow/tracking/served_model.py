@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from rain_mlflow.model.serving import RainPyfunc
+from rain_mlflow.tracking.serving import RainPyfunc
 
 set_model(RainPyfunc())

@@ -24,10 +24,12 @@ import click
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import ui
 from rain_mlflow.diagnostics import METRIC_MAP_TAG, THRESHOLDS_TAG, Thresholds
 from rain_mlflow.errors import UserError
-from rain_mlflow.tracking import Tracker, connect, experiment_name, tracking_uri, use_store
+from rain_mlflow.tracking import ui
+from rain_mlflow.tracking.experiments import connect, experiment_name
+from rain_mlflow.tracking.store import tracking_uri, use_store
+from rain_mlflow.tracking.tracker import Tracker
 
 VERSION_METRICS = ("val_f1", "val_accuracy", "val_mcc", "val_loss", "test_f1", "test_accuracy", "test_mcc")
 
