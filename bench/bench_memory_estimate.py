@@ -23,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from rain_mlflow import presets
-from rain_mlflow.data import load_clean
+from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import prepare
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train.estimate import estimate

@@ -48,7 +48,7 @@ def main() -> None:
 
 def prepared(preset: str, **overrides: str):
     from rain_mlflow import presets
-    from rain_mlflow.data import load_clean
+    from rain_mlflow.data.source import load_clean
     from rain_mlflow.data.dataset import prepare, resolve
 
     cfg = presets.build(preset, {"data": "realistic.csv", "pretrain_model_path": "", **overrides})

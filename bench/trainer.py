@@ -100,10 +100,11 @@ def train_once(preset: str, overrides: dict[str, Any], uri: str) -> tuple[dict[s
 
 def raw_steps_per_second(preset: str, overrides: dict[str, Any], n_steps: int) -> tuple[float, int]:
     """Samples/s of the bare step (same data, model, precision, loss, optimizer and batches as the trainer)."""
-    from rain_mlflow.data import load_clean
+    from rain_mlflow.data.source import load_clean
     from rain_mlflow.data.dataset import prepare, resolve
     from rain_mlflow.model.factory import build_classifier
-    from rain_mlflow.train.loop import Batches, build_optimizer
+    from rain_mlflow.data.batches import Batches
+from rain_mlflow.train.loop import build_optimizer
     from rain_mlflow.train.losses import build_loss
     from rain_mlflow.train.precision import select_precision
 

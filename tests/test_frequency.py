@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from rain_mlflow import presets
 from rain_mlflow.config import DataConfig, RunConfig
-from rain_mlflow.data import load_clean
+from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.errors import ConfigError
 from rain_mlflow.synth import observed_at, synthetic_frame

@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from rain_mlflow import presets
-from rain_mlflow.data import load_clean
+from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import prepare
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model import checkpoint
 from rain_mlflow.train.estimate import saved_activation_bytes
-from rain_mlflow.train.loop import (Batches, NonFiniteLoss, build_optimizer, compile_or_eager, fit,
+from rain_mlflow.data.batches import Batches
+from rain_mlflow.train.loop import (NonFiniteLoss, build_optimizer, compile_or_eager, fit,
                                     train_one_epoch)
 from rain_mlflow.train.losses import build_loss
 from rain_mlflow.train.precision import select_precision

@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from rain_mlflow.config import DataConfig
-from rain_mlflow.data import accounting, load_clean
+from rain_mlflow.data import accounting
+from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.clean import summary_lines
 from rain_mlflow.data.dataset import window_accounting
 from rain_mlflow.data.timing import time_line, time_params, time_settings

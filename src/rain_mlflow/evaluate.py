@@ -26,7 +26,7 @@ from sklearn.metrics import classification_report, roc_auc_score
 
 from rain_mlflow import presets
 from rain_mlflow.config import DEFAULT_MODEL_URI, SYNTHETIC, RunConfig
-from rain_mlflow.data import load_clean
+from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import EvalWindows, evaluation_windows, prepare
 from rain_mlflow.data.missing import model_inputs
 from rain_mlflow.errors import DataError, UserError

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from rain_mlflow.data.io import write_csv_atomic
 from rain_mlflow.errors import ConfigError
 
 START = "2014-01-01"
@@ -214,8 +215,6 @@ class SynthConfig:
 
 def write_synthetic(output: str, cfg: SynthConfig = SynthConfig()) -> pd.DataFrame:
     """Write the synthetic record to `output` (atomically) and return it."""
-    from rain_mlflow.data.io import write_csv_atomic
-
     frame = synthetic_frame(cfg.years, cfg.freq, cfg.seed, cfg.gaps)
     write_csv_atomic(frame, output)
     return frame

@@ -1,25 +1,7 @@
-"""Data: read a station CSV (or the embedded synthetic record), clean it, and turn it into training windows."""
+"""Data: read a station CSV (or the embedded synthetic record), clean it, and turn it into training windows.
 
-from __future__ import annotations
-
-import pandas as pd
-
-from rain_mlflow.config import SYNTHETIC, DataConfig
-from rain_mlflow.data.clean import CleanResult, clean
-from rain_mlflow.data.io import read_csv
-
-def load_raw(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
-    """The raw record and a description of where it came from (a path, or the synthetic generator)."""
-    if cfg.data == SYNTHETIC:
-        from rain_mlflow.synth import SynthConfig, synthetic_frame
-
-        embedded = SynthConfig()
-        return (synthetic_frame(embedded.years, embedded.freq, embedded.seed),
-                f"rain_mlflow.synth(years={embedded.years:g}, freq={embedded.freq}, seed={embedded.seed})")
-    return read_csv(cfg.data, cfg.na_values), cfg.data
-
-
-def load_clean(cfg: DataConfig) -> tuple[pd.DataFrame, CleanResult]:
-    """Read and clean the configured data (cleaning is idempotent, so an already cleaned CSV passes unchanged)."""
-    raw, source = load_raw(cfg)
-    return raw, clean(raw, cfg, source)
+- `source.py`: `load_clean`, the record read and cleaned; `io.py`: CSV reading, atomic writes.
+- `clean.py`: the cleaning rules; `missing.py`: the missing-value policy; `timing.py`: time settings in steps.
+- `windows.py`: labels and window ends; `accounting.py`: what each split keeps; `dataset.py`: `prepare`, the
+  scaled series and the splits a run trains on; `batches.py`: windows gathered on the training device.
+"""

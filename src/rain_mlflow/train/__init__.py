@@ -20,7 +20,7 @@ import torch
 
 from rain_mlflow import weights
 from rain_mlflow.config import RunConfig
-from rain_mlflow.data import load_clean
+from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import PreparedData, prepare, resolve
 from rain_mlflow.data.timing import time_params, time_settings
 from rain_mlflow.data.windows import gather

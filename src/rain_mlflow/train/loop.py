@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rain_mlflow.config import RunConfig
+from rain_mlflow.data.batches import Batches
 from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import set_backbone_frozen
@@ -92,20 +93,6 @@ class FitResult:
     stopped_by: str | None          # the diagnosis flag that ended the run early, if any
     early_stopped: bool
     time_saved_s: float             # remaining epochs x mean epoch time, when a rule stopped the run
-
-
-class Batches:
-    """Windows gathered on the device from the one [T, C] series: no per-sample Python in the hot loop."""
-
-    def __init__(self, data: PreparedData, device: torch.device):
-        self.series = torch.from_numpy(data.series).to(device)
-        self.offsets = torch.arange(-data.window + 1, 1, device=device)
-        self.ends = {n: torch.from_numpy(s.ends).to(device) for n, s in data.splits.items()}
-        self.labels = {n: torch.from_numpy(s.labels).to(device) for n, s in data.splits.items()}
-
-    def get(self, split: str, index: Tensor) -> tuple[Tensor, Tensor]:
-        ends = self.ends[split][index]
-        return self.series[ends[:, None] + self.offsets], self.labels[split][index]
 
 
 def fit(cfg: RunConfig, data: PreparedData, model: nn.Module, precision: Precision, workdir: Path,

@@ -22,7 +22,7 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run (or continue) the study and return the parent run id and the summary numbers."""
     from rain_mlflow import weights
     from rain_mlflow.tracking import ui
-    from rain_mlflow.data import load_clean
+    from rain_mlflow.data.source import load_clean
     from rain_mlflow.tracking.experiments import connect
     from rain_mlflow.tracking.runs import find_runs
     from rain_mlflow.tracking.store import shown, tracking_uri
