@@ -1,6 +1,6 @@
 """A plain re-statement of the official Timer-XL non-flash maths, for benchmarks only (not in the package).
 
-It reads the parameters of a `rain_mlflow.model.TimerXL` but none of its forward code: RoPE, the variable bias
+It reads the parameters of a `rain_mlflow.model.timerxl.TimerXL` but none of its forward code: RoPE, the variable bias
 and the mask are rebuilt here the way the official model does it, per layer and per batch, with explicit
 [B, H, T, T] scores; bias + mask are added to the raw scores and the sum is scaled by 1/sqrt(E) before softmax.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rain_mlflow.model import TimerXL
+from rain_mlflow.model.timerxl import TimerXL
 from rain_mlflow.model.classifier import RainClassifier
 
 

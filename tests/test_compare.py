@@ -21,7 +21,7 @@ from mlflow.store.tracking.rest_store import RestStore
 
 from rain_mlflow import compare
 from rain_mlflow.compare import histories, reader
-from rain_mlflow.diagnostics import Thresholds
+from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.errors import UserError
 
 HOUR_MS = 3_600_000

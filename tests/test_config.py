@@ -78,7 +78,8 @@ def test_effective_seq_len_drops_the_oldest_remainder():
 
 
 def test_config_choices_match_the_model():
-    from rain_mlflow import config, model
+    from rain_mlflow import config
+    from rain_mlflow.model import classifier, timerxl
 
-    assert config.POOLINGS == model.POOLINGS
-    assert config.ACTIVATIONS == model.timerxl.ACTIVATIONS
+    assert config.POOLINGS == classifier.POOLINGS
+    assert config.ACTIVATIONS == timerxl.ACTIVATIONS

@@ -7,8 +7,10 @@ import math
 
 import pytest
 
-from rain_mlflow.diagnostics import (RULES, RunHistory, Thresholds, diagnose, diagnosis_tag, diagnosis_tags, skipped,
-                                     tag_changes, validate_flags)
+from rain_mlflow.diagnostics.history import RunHistory
+from rain_mlflow.diagnostics.rules import RULES, diagnose, diagnosis_tag, skipped, validate_flags
+from rain_mlflow.diagnostics.tags import diagnosis_tags, tag_changes
+from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.diagnostics.rules import format_epochs
 from rain_mlflow.errors import ConfigError, UserError
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rain_mlflow.model import POOLINGS, RainClassifier, TimerXL
+from rain_mlflow.model.classifier import POOLINGS, RainClassifier
+from rain_mlflow.model.timerxl import TimerXL
 
 FIXTURES = Path(__file__).parent / "fixtures"  # copies of shared/fixtures, so a clean clone has them
 

@@ -73,7 +73,7 @@ def test_a_model_that_never_predicts_rain_scores_zero_not_one():
 # ---- diagnostics/rules.py: whole findings, written out by hand ---------------------------------------------------
 
 def test_class_collapse_finding_in_full():
-    from rain_mlflow.diagnostics import RunHistory
+    from rain_mlflow.diagnostics.history import RunHistory
     from rain_mlflow.diagnostics.rules import Finding, class_collapse
     from rain_mlflow.diagnostics.thresholds import Thresholds
 
@@ -85,7 +85,7 @@ def test_class_collapse_finding_in_full():
 
 
 def test_non_finite_loss_finding_in_full():
-    from rain_mlflow.diagnostics import RunHistory
+    from rain_mlflow.diagnostics.history import RunHistory
     from rain_mlflow.diagnostics.rules import Finding, non_finite_loss
     from rain_mlflow.diagnostics.thresholds import Thresholds
 

@@ -8,7 +8,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from rain_mlflow import presets
-from rain_mlflow.model import TimerXL
+from rain_mlflow.model.timerxl import TimerXL
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model import checkpoint
 from tests.conftest import assert_user_error

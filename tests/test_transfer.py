@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from rain_mlflow.errors import CheckpointError, UserError
-from rain_mlflow.model import RainClassifier, TimerXL, load_pretrained_backbone, set_backbone_frozen
+from rain_mlflow.model.classifier import RainClassifier
+from rain_mlflow.model.timerxl import TimerXL
+from rain_mlflow.model.transfer import load_pretrained_backbone, set_backbone_frozen
 
 FIXTURES = Path(__file__).parent / "fixtures"  # copies of shared/fixtures, so a clean clone has them
 

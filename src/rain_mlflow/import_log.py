@@ -202,7 +202,9 @@ def _import_one(experiment_id: str, log: ParsedLog, preset: str | None, run_name
                 budget: float | None, peak: float | None) -> dict[str, Any]:
     import click
 
-    from rain_mlflow.diagnostics import RULES, RunHistory, Thresholds, diagnose, diagnosis_tag
+    from rain_mlflow.diagnostics.history import RunHistory
+    from rain_mlflow.diagnostics.rules import RULES, diagnose, diagnosis_tag
+    from rain_mlflow.diagnostics.thresholds import Thresholds
     from rain_mlflow.tracking.runs import runs_with_tag
     from rain_mlflow.tracking.tracker import Tracker
 

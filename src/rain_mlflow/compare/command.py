@@ -15,7 +15,9 @@ from typing import IO
 from rain_mlflow.compare.histories import ReadRun, parse_metric_map
 from rain_mlflow.compare.reader import experiment_has_tag, read_runs, tracking_uri
 from rain_mlflow.compare.report import FORMATS, RENDERERS, RunReport, diagnose_runs
-from rain_mlflow.diagnostics import Thresholds, tag_changes, validate_flags
+from rain_mlflow.diagnostics.rules import validate_flags
+from rain_mlflow.diagnostics.tags import tag_changes
+from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.errors import UserError
 
 

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rain_mlflow.compare.report import RunReport, render_markdown
-from rain_mlflow.diagnostics import Thresholds, is_finite
+from rain_mlflow.diagnostics.history import is_finite
+from rain_mlflow.diagnostics.thresholds import Thresholds
 
 
 def write_report(report_dir: Path, reports: Sequence[RunReport], scope: str, uri: str,

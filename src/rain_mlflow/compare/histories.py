@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from rain_mlflow.diagnostics import RULE_METRICS, RunHistory, is_finite, normalise
+from rain_mlflow.diagnostics.history import RunHistory, is_finite, normalise
+from rain_mlflow.diagnostics.rules import RULE_METRICS
 from rain_mlflow.diagnostics.history import INF_SENTINEL
 from rain_mlflow.errors import UserError
 

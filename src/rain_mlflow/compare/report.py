@@ -10,8 +10,10 @@ from statistics import fmean
 from typing import Any
 
 from rain_mlflow.compare.histories import ReadRun
-from rain_mlflow.diagnostics import (RULE_NEEDS, Finding, RunHistory, Thresholds, diagnose, diagnosis_tag,
-                                     diagnosis_tags, is_finite, skipped)
+from rain_mlflow.diagnostics.history import RunHistory, is_finite
+from rain_mlflow.diagnostics.rules import Finding, RULE_NEEDS, diagnose, diagnosis_tag, skipped
+from rain_mlflow.diagnostics.tags import diagnosis_tags
+from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.diagnostics.text import format_duration
 
 FORMATS = ("table", "json", "markdown")

@@ -1,7 +1,6 @@
-"""Timer-XL backbone (official-checkpoint compatible), the rain classifier built on it, and checkpoint transfer."""
+"""The model, with no MLflow: the Timer-XL backbone, the rain classifier on it, and their files.
 
-from rain_mlflow.model.classifier import POOLINGS, RainClassifier
-from rain_mlflow.model.timerxl import TimerXL
-from rain_mlflow.model.transfer import load_pretrained_backbone, set_backbone_frozen
-
-__all__ = ["POOLINGS", "RainClassifier", "TimerXL", "load_pretrained_backbone", "set_backbone_frozen"]
+- `timerxl.py`: `TimerXL` (official-checkpoint compatible); `classifier.py`: `RainClassifier` (pooling + head).
+- `factory.py`: `build_classifier` from a config; `RainModel`, a trained classifier with its inputs' treatment.
+- `transfer.py`: pretrained backbone weights loaded and frozen; `checkpoint.py`: our `best.pt` / `last.pt`.
+"""

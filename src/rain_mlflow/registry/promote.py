@@ -24,7 +24,8 @@ import click
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow.diagnostics import METRIC_MAP_TAG, THRESHOLDS_TAG, Thresholds
+from rain_mlflow.diagnostics.tags import METRIC_MAP_TAG
+from rain_mlflow.diagnostics.thresholds import Thresholds, THRESHOLDS_TAG
 from rain_mlflow.errors import UserError
 from rain_mlflow.tracking import ui
 from rain_mlflow.tracking.experiments import connect, experiment_name

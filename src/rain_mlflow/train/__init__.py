@@ -26,7 +26,7 @@ from rain_mlflow.data.timing import time_params, time_settings
 from rain_mlflow.data.windows import gather
 from rain_mlflow.diagnostics.rules import format_duration
 from rain_mlflow.errors import UserError
-from rain_mlflow.model import load_pretrained_backbone
+from rain_mlflow.model.transfer import load_pretrained_backbone
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model.transfer import shapes_of
 from rain_mlflow.presets import time_meaning
@@ -285,7 +285,9 @@ class EpochTracker:
         """The rules after this epoch, with the thresholds stored on the run (a `compare --<threshold>` while it
         trains, or the first session's before a resume), else the defaults; the window counts give the noise
         floor."""
-        from rain_mlflow.diagnostics import THRESHOLDS_TAG, RunHistory, Thresholds, diagnose
+        from rain_mlflow.diagnostics.history import RunHistory
+        from rain_mlflow.diagnostics.rules import diagnose
+        from rain_mlflow.diagnostics.thresholds import Thresholds, THRESHOLDS_TAG
         from rain_mlflow.errors import ConfigError
 
         tags = self.tracker.tags()

@@ -37,7 +37,7 @@ from rain_mlflow.config import RunConfig
 from rain_mlflow.data.batches import Batches
 from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.errors import UserError
-from rain_mlflow.model import set_backbone_frozen
+from rain_mlflow.model.transfer import set_backbone_frozen
 from rain_mlflow.train import distributed
 from rain_mlflow.model.checkpoint import LAST_FORMAT, model_payload, save as save_checkpoint
 from rain_mlflow.train.losses import build_loss
