@@ -31,7 +31,7 @@ from pathlib import Path
 PER_EPOCH = ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "val_f1", "test_f1",
              "val_precision", "val_recall", "test_precision", "test_recall", "val_mcc", "test_mcc",
              "val_pred_rain_fraction", "lr", "epoch_time_s", "samples_per_s", "vram_peak_gb", "vram_reserved_gb")
-PUBLIC = ("import os, sys; from rain_mlflow.compare import run; "
+PUBLIC = ("import os, sys; from rain_mlflow.compare.command import run; "
           "sys.exit(run(experiment=sys.argv[1], run_ids=None, fmt='json', write_tags=False, fast=False))")
 
 

@@ -19,8 +19,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.store.tracking.rest_store import RestStore
 
-from rain_mlflow import compare
-from rain_mlflow.compare import histories, reader
+from rain_mlflow.compare import command, histories, reader
+from rain_mlflow.compare.report import diagnose_runs
+from rain_mlflow.tracking import readers
+from rain_mlflow.tracking.readers import RawRun
+from rain_mlflow.tracking.store import tracking_uri
 from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.errors import UserError
 
@@ -119,7 +122,7 @@ def compare_json(experiment="rain-test", **kwargs) -> list[dict]:
     out = io.StringIO()
     options = dict(experiment=experiment, run_ids=None, fmt="json", write_tags=False, fail_on=[],
                    report_dir=None, thresholds=Thresholds())
-    assert compare.run(**{**options, **kwargs}, out=out) == 0
+    assert command.run(**{**options, **kwargs}, out=out) == 0
     return json.loads(out.getvalue())
 
 
@@ -175,7 +178,7 @@ def diagnosis_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
 
 def test_tags_are_written_read_back_and_stale_ones_deleted(tracking):
     ids = populate(tracking, "rain-tags")
-    compare.run(experiment="rain-tags", run_ids=None, fmt="json", write_tags=True, fail_on=[], report_dir=None,
+    command.run(experiment="rain-tags", run_ids=None, fmt="json", write_tags=True, fail_on=[], report_dir=None,
                 thresholds=Thresholds(), out=io.StringIO())
     tags = tracking.get_run(ids["small_improved"]).data.tags
     assert tags["diagnosis"] == "oscillating,val_loss_not_improving,val_test_divergence,vram_over_budget"
@@ -189,7 +192,7 @@ def test_tags_are_written_read_back_and_stale_ones_deleted(tracking):
 
     # A wider gap (6 pts) stops val_test_divergence on both seed runs: its evidence tag must go.
     now_ms = int(time.time() * 1000)
-    compare.run(experiment="rain-tags", run_ids=None, fmt="json", write_tags=True, fail_on=[], report_dir=None,
+    command.run(experiment="rain-tags", run_ids=None, fmt="json", write_tags=True, fail_on=[], report_dir=None,
                 thresholds=Thresholds(divergence_gap=0.06), out=io.StringIO(), now_ms=now_ms)
     tags = tracking.get_run(ids["small_improved"]).data.tags
     assert tags["diagnosis"] == "oscillating,val_loss_not_improving,vram_over_budget"
@@ -197,27 +200,27 @@ def test_tags_are_written_read_back_and_stale_ones_deleted(tracking):
     assert json.loads(tags["diagnosis.thresholds"])["divergence_gap"] == 0.06
     assert tracking.get_run(ids["transfer_long"]).data.tags["diagnosis"] == "vram_over_budget"
     # Nothing changed since (same thresholds, same clock): nothing to write.
-    uri = compare.tracking_uri()
-    reports = compare.diagnose_runs(compare.read_runs(uri, experiment="rain-tags"), Thresholds(divergence_gap=0.06),
+    uri = tracking_uri()
+    reports = diagnose_runs(reader.read_runs(uri, experiment="rain-tags"), Thresholds(divergence_gap=0.06),
                                     now_ms)
-    assert compare.write_diagnosis_tags(uri, reports) == 0
+    assert command.write_diagnosis_tags(uri, reports) == 0
 
 
 def test_fail_on_sets_the_exit_code(runs):
     options = dict(experiment="rain-test", run_ids=None, fmt="table", write_tags=False, report_dir=None,
                    thresholds=Thresholds(), out=io.StringIO())
-    assert compare.run(fail_on=["vram_over_budget"], **options) == 1
-    assert compare.run(fail_on=["stalled,oscillating"], **options) == 1
-    assert compare.run(fail_on=["stalled"], **options) == 0
-    assert compare.run(fail_on=[], **options) == 0
+    assert command.run(fail_on=["vram_over_budget"], **options) == 1
+    assert command.run(fail_on=["stalled,oscillating"], **options) == 1
+    assert command.run(fail_on=["stalled"], **options) == 0
+    assert command.run(fail_on=[], **options) == 0
     with pytest.raises(UserError, match="unknown diagnosis flag 'nope'; allowed: stalled, oscillating, "):
-        compare.run(fail_on=["nope"], **options)
+        command.run(fail_on=["nope"], **options)
 
 
 @pytest.mark.parametrize("fmt", ["table", "markdown"])
 def test_table_and_markdown_list_every_run_and_its_evidence(runs, fmt):
     out = io.StringIO()
-    compare.run(experiment="rain-test", run_ids=None, fmt=fmt, write_tags=False, fail_on=[], report_dir=None,
+    command.run(experiment="rain-test", run_ids=None, fmt=fmt, write_tags=False, fail_on=[], report_dir=None,
                 thresholds=Thresholds(), out=out)
     text = out.getvalue()
     for name, run_id in runs.items():
@@ -235,7 +238,7 @@ def test_table_and_markdown_list_every_run_and_its_evidence(runs, fmt):
 
 def test_report_files(runs, tmp_path):
     report_dir = tmp_path / "report"
-    compare.run(experiment="rain-test", run_ids=None, fmt="table", write_tags=False, fail_on=[],
+    command.run(experiment="rain-test", run_ids=None, fmt="table", write_tags=False, fail_on=[],
                 report_dir=report_dir, thresholds=Thresholds(divergence_gap=0.06), out=io.StringIO())
     assert sorted(p.name for p in report_dir.iterdir()) == ["curves.png", "report.md"]  # no temp files left
     report = (report_dir / "report.md").read_text()
@@ -276,7 +279,7 @@ def test_resumed_epoch_keeps_the_latest_value_and_long_runs_are_complete(trackin
     epochs = 3000  # longer than the REST endpoint's 2,500-point cap: nothing may be down-sampled
     run_id = log_run(tracking, exp, "long", {"val_accuracy": [0.5 + e / 10_000 for e in range(epochs)]},
                      extra=[Metric("val_accuracy", 0.99, int(time.time() * 1000) + 10_000, 7)])
-    (read,) = compare.read_runs(compare.tracking_uri(), experiment="rain-long")
+    (read,) = reader.read_runs(tracking_uri(), experiment="rain-long")
     h = read.history
     assert h.run_id == run_id and h.epochs() == list(range(1, epochs + 1))
     assert h.metrics["val_accuracy"][7] == 0.99 and h.metrics["val_accuracy"][8] == 0.5007
@@ -323,7 +326,7 @@ def populate_foreign(client: MlflowClient, experiment: str) -> dict[str, str]:
 def test_runs_from_any_tool_are_diagnosed(tracking):
     ids = populate_foreign(tracking, "rain-foreign")
     out = io.StringIO()
-    assert compare.run(experiment="rain-foreign", run_ids=None, fmt="json", write_tags=True, fail_on=[],
+    assert command.run(experiment="rain-foreign", run_ids=None, fmt="json", write_tags=True, fail_on=[],
                        report_dir=None, metric_map="lightning", out=out) == 0
     rows = {row["run_name"]: row for row in json.loads(out.getvalue())}
     assert {name: row["flags"] for name, row in rows.items()} == {
@@ -368,9 +371,9 @@ def test_runs_from_any_tool_are_diagnosed(tracking):
 
 # ---- the reading rules, pure ---------------------------------------------------------------------------------------
 
-def raw(points: dict[str, list[tuple[int, float]]], tags=None, latest_extra=()) -> histories.RawRun:
+def raw(points: dict[str, list[tuple[int, float]]], tags=None, latest_extra=()) -> RawRun:
     """A RawRun whose points are (step, value) pairs logged in that order."""
-    run = histories.RawRun("r", "r", "FINISHED", 0, {}, dict(tags or {}),
+    run = RawRun("r", "r", "FINISHED", 0, {}, dict(tags or {}),
                            {key: values[-1][1] for key, values in points.items()} | dict.fromkeys(latest_extra, 1.0))
     run.points = {key: [(1000 + i, step, value) for i, (step, value) in enumerate(values)]
                   for key, values in points.items()}
@@ -435,14 +438,14 @@ def comparable(reads) -> list:
 
 
 def test_sqlite_fast_path_reads_what_the_public_api_reads(tracking, runs):
-    uri = compare.tracking_uri()
+    uri = tracking_uri()
     populate_foreign(tracking, "rain-both-paths")
     for experiment, mapping in (("rain-test", {}), ("rain-both-paths", histories.parse_metric_map("lightning"))):
-        fast = compare.read_runs(uri, experiment=experiment, metric_map=mapping)
-        public = compare.read_runs(uri, experiment=experiment, metric_map=mapping, fast=False)
+        fast = reader.read_runs(uri, experiment=experiment, metric_map=mapping)
+        public = reader.read_runs(uri, experiment=experiment, metric_map=mapping, fast=False)
         assert comparable(fast) == comparable(public) and len(fast) >= 5
-    fast = compare.read_runs(uri, run_ids=[runs["nan_loss"], runs["healthy"]])
-    assert comparable(fast) == comparable(compare.read_runs(uri, run_ids=[runs["nan_loss"], runs["healthy"]],
+    fast = reader.read_runs(uri, run_ids=[runs["nan_loss"], runs["healthy"]])
+    assert comparable(fast) == comparable(reader.read_runs(uri, run_ids=[runs["nan_loss"], runs["healthy"]],
                                                             fast=False))
     assert math.isnan(fast[0].history.metrics["train_loss"][3])  # NaN stays NaN (stored as 0 with is_nan set)
     assert fast[0].history.metrics["train_loss"][2] == math.inf  # MLflow's 1.8e308 read back as inf
@@ -450,9 +453,9 @@ def test_sqlite_fast_path_reads_what_the_public_api_reads(tracking, runs):
 
 def test_sql_store_path_reads_what_the_public_api_reads(tracking, runs):
     # The PostgreSQL / MySQL reader, run here on the sqlite store through MLflow's own SQL session.
-    uri = compare.tracking_uri()
-    sql = reader.SqlStoreReader(uri)
-    public = reader.PublicReader(uri)
+    uri = tracking_uri()
+    sql = readers.SqlStoreReader(uri)
+    public = readers.PublicReader(uri)
     experiment_id = public.experiment_id("rain-test")
     wanted = {run.run_id: set(histories.HISTORY_METRICS) & set(run.latest) for run in public.list_runs(experiment_id)}
     def plain(points):  # sorted, NaN spelled out
@@ -468,36 +471,36 @@ def test_a_missing_private_handle_falls_back_with_one_warning(tracking, runs, mo
 
     monkeypatch.setattr(reader, "_warned", set())
     monkeypatch.delattr(models, "SqlMetric")  # what a future MLflow without that table model looks like
-    uri = compare.tracking_uri()
+    uri = tracking_uri()
     with caplog.at_level("WARNING", logger="rain_mlflow"):
         for _ in range(2):
-            with pytest.raises(reader.FastPathUnavailable):
-                reader.SqlStoreReader(uri)
-    expected = comparable(compare.read_runs(uri, experiment="rain-test", fast=False))
-    monkeypatch.setattr(reader, "_fast_reader", lambda uri: reader.SqlStoreReader(uri))
+            with pytest.raises(readers.FastPathUnavailable):
+                readers.SqlStoreReader(uri)
+    expected = comparable(reader.read_runs(uri, experiment="rain-test", fast=False))
+    monkeypatch.setattr(reader, "_fast_reader", lambda uri: readers.SqlStoreReader(uri))
     with caplog.at_level("WARNING", logger="rain_mlflow"):
-        assert comparable(compare.read_runs(uri, experiment="rain-test")) == expected
-        assert comparable(compare.read_runs(uri, experiment="rain-test")) == expected
+        assert comparable(reader.read_runs(uri, experiment="rain-test")) == expected
+        assert comparable(reader.read_runs(uri, experiment="rain-test")) == expected
     warnings = [r.getMessage() for r in caplog.records if "fast MLflow reader is unavailable" in r.getMessage()]
     assert len(warnings) == 1 and "SqlMetric" in warnings[0]
 
 
 def test_tracking_resolution_matches_the_tracker():
-    from rain_mlflow import tracking
+    from rain_mlflow.tracking import experiments, store
 
-    assert reader.tracking_uri() == tracking.tracking_uri() and reader.DEFAULT_EXPERIMENT == tracking.DEFAULT_EXPERIMENT
-    assert reader.experiment_name("x") == tracking.experiment_name("x") == "x"
+    assert reader.tracking_uri() == store.tracking_uri() and reader.DEFAULT_EXPERIMENT == experiments.DEFAULT_EXPERIMENT
+    assert reader.experiment_name("x") == experiments.experiment_name("x") == "x"
 
 
 def test_an_up_to_date_comparison_does_not_import_mlflow(runs):
     # Importing MLflow costs about 3 s of CPU here; a sqlite store whose tags are current needs none of it.
     now_ms = int(time.time() * 1000)  # one clock for both, so the dead run's evidence stays the same
-    compare.run(experiment="rain-test", run_ids=None, fmt="json", write_tags=True, out=io.StringIO(), now_ms=now_ms)
-    script = ("import sys, io; from rain_mlflow import compare; "
-              "compare.run(experiment='rain-test', run_ids=None, fmt='json', write_tags=True, out=io.StringIO(), "
+    command.run(experiment="rain-test", run_ids=None, fmt="json", write_tags=True, out=io.StringIO(), now_ms=now_ms)
+    script = ("import sys, io; from rain_mlflow.compare import command; "
+              "command.run(experiment='rain-test', run_ids=None, fmt='json', write_tags=True, out=io.StringIO(), "
               f"now_ms={now_ms}); print('mlflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": compare.tracking_uri()})
+                          env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
@@ -556,7 +559,7 @@ def test_bulk_read_over_http(server, monkeypatch):
     assert {name: rows[name]["flags"] for name in EXPECTED} == EXPECTED
     assert rows["long"]["epochs"] == 2600 and "stalled" in rows["long"]["flags"]
     assert client.get_run(ids["small_improved"]).data.tags["diagnosis"] == EXPECTED_TAG_SMALL
-    (long_read,) = compare.read_runs(url, run_ids=[long_id])
+    (long_read,) = reader.read_runs(url, run_ids=[long_id])
     assert long_read.history.epochs() == list(range(1, 2601))  # every row: the bulk endpoint samples nothing
     assert long_read.history.metrics["val_accuracy"][7] == 0.99  # the re-logged epoch: latest timestamp wins
     requests = log_path.read_text()
@@ -564,14 +567,14 @@ def test_bulk_read_over_http(server, monkeypatch):
     assert "/metrics/get-history?" not in requests  # not one request per run and metric
 
     # The fast path and the public API (one get_metric_history per run and metric) read the same.
-    fast = compare.read_runs(url, experiment="rain-http")
-    assert comparable(fast) == comparable(compare.read_runs(url, experiment="rain-http", fast=False))
+    fast = reader.read_runs(url, experiment="rain-http")
+    assert comparable(fast) == comparable(reader.read_runs(url, experiment="rain-http", fast=False))
 
     # The server cuts a bulk answer at the row cap asked for: with a cap of 500 the 2,601 val_accuracy rows of
     # the long run fill it alone (read exactly, page by page), and the other runs' reads resume where a cut fell.
-    monkeypatch.setattr(reader, "REST_MAX_ROWS", 500)
+    monkeypatch.setattr(readers, "REST_MAX_ROWS", 500)
     seen = len(log_path.read_text().splitlines())
-    capped = compare.read_runs(url, experiment="rain-http")
+    capped = reader.read_runs(url, experiment="rain-http")
     assert comparable(capped) == comparable(fast)
     per_run = [line for line in log_path.read_text().splitlines()[seen:] if "/metrics/get-history?" in line]
     assert per_run and all(long_id in line for line in per_run)

@@ -17,8 +17,10 @@ import click
 
 from rain_mlflow import __version__
 from rain_mlflow.tracking import interrupts
+from rain_mlflow.tracking.store import bound_http_retries, store_error
 from rain_mlflow.config import (CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME,
                                 field_type)
+from rain_mlflow.console import ConsoleProgress, echo_lines, fail, setup_logging
 from rain_mlflow.errors import UserError
 from rain_mlflow.options import Checked
 from rain_mlflow.weights import DEFAULT_RELEASE
@@ -338,38 +340,13 @@ METRIC_MAP_HELP = ("read other metric names as ours: SOURCE=TARGET items and the
 def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_tags: bool, fail_on: list[str],
             report_dir: str | None, metric_map: str, **thresholds: Any) -> None:
     """Diagnose every run of an experiment that has a per-epoch history and compare them side by side."""
-    from pathlib import Path
-
-    from rain_mlflow.compare import run as compare_runs
-    from rain_mlflow.compare.reader import experiment_name, tracking_uri
+    from rain_mlflow.compare.command import compare_command
     from rain_mlflow.diagnostics.thresholds import Thresholds
 
     checked = Thresholds(**thresholds)  # a bad threshold fails before the store is opened
-    from rain_mlflow.tracking import store
-
-    uri = tracking_uri()
-    if uri.startswith("sqlite:"):
-        store.check_sqlite_file(uri)
-    else:  # a server or database: one clear error if it is down or refuses us
-        store.use_store()
-    # No `tracking` import for sqlite: it imports MLflow (3 s), which a comparison needs only to write changed tags.
-    options = dict(experiment=experiment_name(experiment), run_ids=run_ids, fmt=fmt, write_tags=write_tags,
-                   fail_on=fail_on, thresholds=checked, metric_map=metric_map)
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        code = compare_runs(report_dir=Path(report_dir) if report_dir else None, **options)
-    else:  # launched by `mlflow run . -e compare`: keep the comparison in the run MLflow created
-        import tempfile
-
-        from rain_mlflow.tracking.store import use_store
-        from rain_mlflow.tracking.tracker import Tracker
-
-        use_store()
-        report = Path(report_dir or tempfile.mkdtemp(prefix="rain-mlflow-compare-"))
-        with Tracker.start("compare", run_name="compare") as tracker:
-            code = compare_runs(report_dir=report, **options)
-            for name in ("report.md", "curves.png"):
-                tracker.log_artifact(report / name, "report")
-    sys.exit(code)
+    sys.exit(compare_command(experiment=experiment, run_ids=run_ids, fmt=fmt, write_tags=write_tags,
+                             fail_on=fail_on, report_dir=report_dir, metric_map=metric_map, thresholds=checked,
+                             out=sys.stdout))
 
 
 @cli.command()
@@ -396,10 +373,11 @@ def promote(experiment: str | None, model_name: str, metric: str, alias: str, al
     """Register the best healthy run's checkpoint in the Model Registry under an alias."""
     from rain_mlflow.registry.promote import run_promote
 
-    run_promote(experiment=experiment, model_name=model_name, metric=metric, alias=alias,
-                allow_flagged=allow_flagged, run_id=run_id, study=study,
-                allow_test_metric=allow_test_metric,
-                threshold_overrides={k: v for k, v in thresholds.items() if v is not None})
+    result = run_promote(experiment=experiment, model_name=model_name, metric=metric, alias=alias,
+                         allow_flagged=allow_flagged, run_id=run_id, study=study,
+                         allow_test_metric=allow_test_metric,
+                         threshold_overrides={k: v for k, v in thresholds.items() if v is not None})
+    echo_lines(result["lines"])
 
 
 @cli.command("import-log")
@@ -523,9 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     the run ended KILLED. Under `mlflow run`, a failure before our code attached to the launched run ends that run
     FAILED (KILLED) with the reason, so it is never left RUNNING.
     """
-    from rain_mlflow.tracking.store import bound_http_retries, store_error
-
-    _setup_logging()
+    setup_logging()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs readable
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print links to the training view
     bound_http_retries()
@@ -539,48 +515,24 @@ def main(argv: list[str] | None = None) -> None:
         cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) and exc.__cause__ else exc
         reason = f"interrupted by {interrupts.signal_name(cause)}"
         _end_launched_run("KILLED", reason)
-        _fail(reason, interrupts.exit_code(cause))
+        fail(reason, interrupts.exit_code(cause))
     except click.ClickException as exc:
         _end_launched_run("FAILED", exc.format_message())
-        _fail(exc.format_message(), 2)
+        fail(exc.format_message(), 2)
     except UserError as exc:
         _end_launched_run("FAILED", str(exc))
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except Exception as exc:
         error = store_error(exc)
         if error is None:  # a bug: keep the traceback, but do not leave a launched run RUNNING
             _end_launched_run("FAILED", f"{type(exc).__name__}: {exc}")
             raise
-        _fail(str(error), 2)
+        fail(str(error), 2)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _end_launched_run(status: str, reason: str) -> None:
     if os.environ.get("MLFLOW_RUN_ID"):
-        from rain_mlflow.tracking.tracker import end_launched_run
+        from rain_mlflow.tracking.tracker import end_launched_run  # imports MLflow: only when launched by it
 
         end_launched_run(status, " ".join(reason.split()))
-
-
-def _setup_logging() -> None:
-    """Our warnings and notes as `warning: ...` / `info: ...` lines on stderr; MLflow keeps its own format."""
-    import warnings
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LowercaseLevel("%(levelname)s: %(message)s"))
-    ours = logging.getLogger("rain_mlflow")
-    ours.handlers[:] = [handler]
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
-    # MLflow resolves a local path through two equivalent source classes and warns about it on every run.
-    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-
-
-class _LowercaseLevel(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(logging.makeLogRecord({**record.__dict__, "levelname": record.levelname.lower()}))
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {' '.join(message.split())}", err=True)
-    sys.exit(code)

@@ -37,7 +37,7 @@ def _step(number: int, name: str) -> None:
 
 
 def run_pipeline(preset: str = "smoke", experiment: str | None = None, workdir: str = "outputs") -> dict[str, Any]:
-    from rain_mlflow import compare
+    from rain_mlflow.compare.command import run_tracked
     from rain_mlflow.clean_command import run_clean
     from rain_mlflow.diagnostics.rules import Thresholds
     from rain_mlflow.evaluate import run_test
@@ -78,13 +78,10 @@ def run_pipeline(preset: str = "smoke", experiment: str | None = None, workdir: 
             steps["test"] = run_test(steps["train"]["run_id"], {}, exp_name)
 
         _step(5, "compare")
-        with grouped(), Tracker.start("compare", run_name="compare") as tracker:
-            report_dir = out / "report"
-            compare.run(experiment=exp_name, run_ids=None, fmt="table", write_tags=True, fail_on=[],
-                        report_dir=report_dir, thresholds=Thresholds())
-            for name in ("report.md", "curves.png"):
-                tracker.log_artifact(report_dir / name, "report")
-            steps["compare"] = {"run_id": tracker.run_id}
+        with grouped():
+            _, compare_run_id = run_tracked(out / "report", experiment=exp_name, run_ids=None, fmt="table",
+                                            write_tags=True, fail_on=[], thresholds=Thresholds())
+            steps["compare"] = {"run_id": compare_run_id}
 
         _step(6, "promote")
         with grouped():

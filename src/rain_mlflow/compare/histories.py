@@ -1,4 +1,5 @@
-"""From raw MLflow records to `RunHistory`: which runs are diagnosed, under which names, at which epochs.
+"""From raw MLflow records (`tracking.readers.RawRun`) to `RunHistory`: which runs are diagnosed, under which
+names, at which epochs.
 
 Pure functions over plain data (no MLflow import), so every reading rule is tested without a store:
 
@@ -18,12 +19,13 @@ When an epoch was logged more than once (a resumed run), the value with the late
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rain_mlflow.diagnostics.history import RunHistory, is_finite, normalise
 from rain_mlflow.diagnostics.rules import RULE_METRICS
 from rain_mlflow.diagnostics.history import INF_SENTINEL
 from rain_mlflow.errors import UserError
+from rain_mlflow.tracking.readers import RawRun
 
 STEP_TAG = "rain.step"
 OURS = frozenset({"train", "import"})  # step = epoch from 1; step 0 holds end-of-run summaries
@@ -72,27 +74,6 @@ def parse_metric_map(spec: str | Iterable[str] | None) -> dict[str, str]:
     return out
 
 
-@dataclass
-class RawRun:
-    """One run as a store returns it. `latest` is metric -> latest value (what search_runs returns);
-    `points` is filled by the history read: metric (the run's own name) -> [(timestamp_ms, step, value)], in
-    any order."""
-
-    run_id: str
-    run_name: str
-    status: str
-    start_time_ms: int | None
-    params: dict[str, str]
-    tags: dict[str, str]
-    latest: dict[str, float]
-    points: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # (timestamp, step, value)
-    experiment_id: str = ""
-
-    @property
-    def ours(self) -> bool:
-        return self.tags.get(STEP_TAG) in OURS
-
-
 @dataclass(frozen=True)
 class ReadRun:
     """A run ready for the rules: its history, how its epochs were read and hints for metrics it lacks."""
@@ -102,6 +83,11 @@ class ReadRun:
     metric_map: dict[str, str]
     hints: dict[str, str]
     experiment_id: str = ""  # for the UI links `compare` prints
+
+
+def logged_by_us(run: RawRun) -> bool:
+    """Made by `train` or `import-log`: step = epoch from 1, step 0 holds end-of-run summaries."""
+    return run.tags.get(STEP_TAG) in OURS
 
 
 def names_for(run: RawRun, metric_map: Mapping[str, str], wanted: Iterable[str]) -> dict[str, str]:
@@ -123,7 +109,7 @@ def is_diagnosable(run: RawRun, metric_map: Mapping[str, str]) -> bool:
 def keys_to_read(run: RawRun, metric_map: Mapping[str, str], wanted: Iterable[str]) -> set[str]:
     """The run's own metric names whose histories must be read (plus `epoch` for runs that are not ours)."""
     keys = set(names_for(run, metric_map, wanted).values())
-    if not run.ours and EPOCH_METRIC in run.latest:
+    if not logged_by_us(run) and EPOCH_METRIC in run.latest:
         keys.add(EPOCH_METRIC)
     return keys
 
@@ -152,7 +138,7 @@ def build(run: RawRun, metric_map: Mapping[str, str], wanted: Iterable[str]) -> 
             metrics[name] = {epoch: value / 100 for epoch, value in metrics[name].items()}
             notes[name] = f"{names[name]} logged in percent (up to {max(values):g}), read as value / 100"
     summary = {k: normalise(run.latest[names.get(k, k)]) for k in WINDOW_METRICS if names.get(k, k) in run.latest}
-    if run.ours:
+    if logged_by_us(run):
         summary |= {k: normalise(v) for k, v in run.latest.items() if k in SUMMARY_METRICS}
     history = RunHistory(run_id=run.run_id, run_name=run.run_name or run.run_id, status=run.status,
                          params=dict(run.params), tags=dict(run.tags), metrics=metrics, summary=summary,
@@ -163,7 +149,7 @@ def build(run: RawRun, metric_map: Mapping[str, str], wanted: Iterable[str]) -> 
 
 def _epoch_axis(run: RawRun, keys: Iterable[str]):
     """(step -> epoch or None, description) for this run (module docstring, "Which epochs")."""
-    if run.ours:
+    if logged_by_us(run):
         return (lambda step: step if step >= 1 else None), "step (step 0 holds the run's summary)"
     epochs = {step: value for _, step, value in sorted(run.points.get(EPOCH_METRIC, []))
               if is_finite(value) and value == int(value) and value >= 0}

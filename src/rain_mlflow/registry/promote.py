@@ -20,15 +20,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import click
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from rain_mlflow.compare.command import write_diagnosis_tags
+from rain_mlflow.compare.histories import HISTORY_METRICS
+from rain_mlflow.compare.reader import read_runs
+from rain_mlflow.compare.report import RunReport, diagnose_runs
+from rain_mlflow.diagnostics.history import RunHistory
 from rain_mlflow.diagnostics.tags import METRIC_MAP_TAG
 from rain_mlflow.diagnostics.thresholds import Thresholds, THRESHOLDS_TAG
 from rain_mlflow.errors import UserError
 from rain_mlflow.tracking import ui
 from rain_mlflow.tracking.experiments import connect, experiment_name
+from rain_mlflow.tracking.readers import RawRun
 from rain_mlflow.tracking.store import tracking_uri, use_store
 from rain_mlflow.tracking.tracker import Tracker
 
@@ -60,11 +65,8 @@ class Candidate:
 
 
 def candidates(uri: str, experiment: str, metric: str,
-               overrides: dict[str, Any] | None = None) -> tuple[list[Candidate], list[Any]]:
+               overrides: dict[str, Any] | None = None) -> tuple[list[Candidate], list[RunReport]]:
     """Every diagnosable run of the experiment as a Candidate, and the diagnosis reports (tags not written)."""
-    from rain_mlflow.compare import diagnose_runs, read_runs
-    from rain_mlflow.compare.histories import HISTORY_METRICS
-
     wanted = tuple(dict.fromkeys((*HISTORY_METRICS, metric, *VERSION_METRICS)))
     reads = read_runs(uri, experiment=experiment, metric_map=_stored_map, wanted=wanted)
     reports = diagnose_runs(reads, lambda h: _stored_thresholds(h, overrides or {}), int(time.time() * 1000))
@@ -79,14 +81,14 @@ def candidates(uri: str, experiment: str, metric: str,
     return out, reports
 
 
-def _stored_thresholds(history: Any, overrides: dict[str, Any]) -> Thresholds:
+def _stored_thresholds(history: RunHistory, overrides: dict[str, Any]) -> Thresholds:
     """The thresholds of the run's last diagnosis (defaults when it has none), with `overrides` on top."""
     stored = history.tags.get(THRESHOLDS_TAG)
     base = Thresholds.from_json(stored, f"run {history.run_id} tag {THRESHOLDS_TAG}") if stored else Thresholds()
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
-def _stored_map(raw: Any) -> dict[str, str]:
+def _stored_map(raw: RawRun) -> dict[str, str]:
     """The metric map the run's last diagnosis used (tag `diagnosis.metric_map`), so its names read the same."""
     text = raw.tags.get(METRIC_MAP_TAG)
     if not text:
@@ -141,8 +143,7 @@ def register(client: MlflowClient, chosen: Candidate, model_name: str, alias: st
 def run_promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
                 run_id: str | None = None, allow_test_metric: bool = False,
                 threshold_overrides: dict[str, Any] | None = None, study: str | None = None) -> dict[str, Any]:
-    from rain_mlflow.compare import write_diagnosis_tags
-
+    """Choose, register and alias (module docstring); the result, with the `lines` the command prints."""
     check_metric(metric, allow_test_metric)
     if threshold_overrides:
         Thresholds(**threshold_overrides)  # a bad value fails here, before anything is read or written
@@ -184,13 +185,13 @@ def run_promote(experiment: str | None, model_name: str, metric: str, alias: str
                          f"{metric} {chosen.value:.4f} at epoch {chosen.best_epoch}); "
                          f"{'registered a new version' if created else 'the version already existed'}.")
         promote_run_id = tracker.run_id
-    _print(pool, chosen, metric, allow_flagged, model_name, alias, version, created)
-    click.echo(ui.links_block(tracking_uri(), [
+    lines = _lines(pool, chosen, metric, allow_flagged, model_name, alias, version, created)
+    lines += ui.links_block(tracking_uri(), [
         ("registered model", ui.model_url("", model_name)),
         (f"version {version}", ui.model_url("", model_name, version)),
-        ("promoted run", ui.run_url("", found.experiment_id, chosen.run_id))]), nl=False)
+        ("promoted run", ui.run_url("", found.experiment_id, chosen.run_id))]).splitlines()
     return {"run_id": promote_run_id, "promoted_run_id": chosen.run_id, "version": version, "created": created,
-            "value": chosen.value}
+            "value": chosen.value, "lines": lines}
 
 
 def _ranking_row(c: Candidate, allow_flagged: bool) -> dict[str, Any]:
@@ -208,15 +209,17 @@ def _nothing_qualifies(name: str, pool: list[Candidate], allow_flagged: bool) ->
     return f"no run of experiment {name!r} qualifies for promotion: {reasons}{more}{hint}"
 
 
-def _print(pool: list[Candidate], chosen: Candidate, metric: str, allow_flagged: bool, model_name: str,
-           alias: str, version: str, created: bool) -> None:
-    click.echo(f"{'run':10} {'preset':16} {'status':9} {metric + ' @best':>14}  excluded because")
+def _lines(pool: list[Candidate], chosen: Candidate, metric: str, allow_flagged: bool, model_name: str,
+           alias: str, version: str, created: bool) -> list[str]:
+    """The ranking, what was registered, and how to load it."""
+    lines = [f"{'run':10} {'preset':16} {'status':9} {metric + ' @best':>14}  excluded because"]
     for c in pool:
         value = f"{c.value:.4f}" if c.value is not None else "-"
         mark = "  <- promoted" if c is chosen else ""
-        click.echo(f"{c.run_id[:8]:10} {c.preset:16} {c.status:9} {value:>14}  "
-                   f"{c.problem(allow_flagged) or ''}{mark}")
+        lines.append(f"{c.run_id[:8]:10} {c.preset:16} {c.status:9} {value:>14}  "
+                     f"{c.problem(allow_flagged) or ''}{mark}")
     action = "registered as new version" if created else "already registered as version"
-    click.echo(f"{model_name}@{alias}: {action} {version} (run {chosen.run_id})")
-    click.echo(f"load it with mlflow.pyfunc.load_model('models:/{model_name}@{alias}') or "
-               f"`rain-mlflow test --model-uri models:/{model_name}@{alias}`")
+    lines.append(f"{model_name}@{alias}: {action} {version} (run {chosen.run_id})")
+    lines.append(f"load it with mlflow.pyfunc.load_model('models:/{model_name}@{alias}') or "
+                 f"`rain-mlflow test --model-uri models:/{model_name}@{alias}`")
+    return lines

@@ -18,10 +18,9 @@ from mlflow.tracking import MlflowClient
 from rain_mlflow.errors import UserError
 from rain_mlflow.tracking import ui
 from rain_mlflow.tracking.runs import find_run
-from rain_mlflow.tracking.store import retry_locked, use_store
+from rain_mlflow.tracking.store import DEFAULT_EXPERIMENT, retry_locked, use_store
 from rain_mlflow.tracking.tracker import STEP_TAG
 
-DEFAULT_EXPERIMENT = "rain-timerxl"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 

@@ -1,10 +1,9 @@
 """The tracking store: which one, whether it answers, and one clear sentence when it does not.
 
-Part of the tracking layer (with `tracking.py`): every command reaches the store through `use_store()`, which
-checks it once per process before anything is written, so a wrong or unreachable `MLFLOW_TRACKING_URI` costs one
-`error:` line that names it, within `RAIN_MLFLOW_STORE_TIMEOUT_S` (default 20 s), instead of MLflow's retries:
-by default 7 HTTP retries with exponential backoff (about 4 minutes) and, for a database it cannot open, 10
-engine attempts (about 100 s).
+Every command reaches the store through `use_store()`, which checks it once per process before anything is
+written, so a wrong or unreachable `MLFLOW_TRACKING_URI` costs one `error:` line that names it, within
+`RAIN_MLFLOW_STORE_TIMEOUT_S` (default 20 s), instead of MLflow's retries: by default 7 HTTP retries with
+exponential backoff (about 4 minutes) and, for a database it cannot open, 10 engine attempts (about 100 s).
 
 - HTTP(S) and database servers: the first contact runs with 2 retries, a 5 s timeout per request and an overall
   deadline. After it, the process keeps MLflow's own environment variables, with bounded defaults set by the
@@ -40,6 +39,7 @@ PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKO
 # For the rest of a command: about 2 + 4 + 8 = 14 s of retries per failing request instead of about 4 minutes;
 # the per-request timeout stays MLflow's 120 s so a large checkpoint upload is not cut off.
 COMMAND_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2"}
+DEFAULT_EXPERIMENT = "rain-timerxl"  # the experiment when neither --experiment nor MLFLOW_EXPERIMENT_NAME names one
 LOCKED_RETRY_S = 60.0   # how long a write waits for other sqlite writers, on top of sqlite's own 20 s busy timeout
 
 # (uri, user, password) -> None when it answered, else the problem: other credentials get their own answer
@@ -52,6 +52,7 @@ class StoreError(UserError):
 
 
 def tracking_uri() -> str:
+    """Where runs go: MLFLOW_TRACKING_URI, else `sqlite:///<cwd>/mlflow.db` (MLflow 3's default, made absolute)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return uri if uri else f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
