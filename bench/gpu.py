@@ -37,10 +37,10 @@ def peak_tflops(name: str) -> float | None:
 
 def run(quick: bool, command: str, machine: dict) -> list[Figure]:
     from bench.step import trainer_step
-    from rain_mlflow.data.source import load_clean
-    from rain_mlflow.data.dataset import prepare, resolve
-    from rain_mlflow.model.factory import build_classifier
     from rain_mlflow.data.batches import Batches
+    from rain_mlflow.data.dataset import prepare, resolve
+    from rain_mlflow.data.source import load_clean
+    from rain_mlflow.model.factory import build_classifier
     from rain_mlflow.train.precision import Precision
 
     if not torch.cuda.is_available():

@@ -95,14 +95,14 @@ def indicator_cost() -> None:
 
 def training(amp: str) -> None:
     from rain_mlflow import presets
-    from rain_mlflow.train import run_training
+    from rain_mlflow.train.run import TrainRequest, run_training
 
     print(f"\n3. smoke on the record (amp {amp}); test scores at the best epoch (by val_loss), the baselines on the "
           "same windows (exclude scores fewer windows, so compare the skill)")
     for name, overrides in VARIANTS.items():
         cfg = presets.build("smoke", {"data": "realistic.csv", "amp": amp, **overrides})
         with contextlib.redirect_stdout(io.StringIO()):
-            r = run_training(cfg, experiment="missing-policy")
+            r = run_training(cfg, TrainRequest(experiment="missing-policy"))
         data, _ = prepared("smoke", **overrides)
         sizes = "/".join(str(s.size) for s in data.splits.values())
         print(f"{name:22} windows {sizes}: test F1 {r['best_test_f1']:.3f} MCC {r['best_test_mcc']:+.3f} (skill "

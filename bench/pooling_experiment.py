@@ -31,7 +31,7 @@ def main() -> None:
     store = tempfile.mkdtemp(prefix="rain-pooling-")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
     os.chdir(store)
-    from rain_mlflow.train import run_training
+    from rain_mlflow.train.run import TrainRequest, run_training
 
     rows = {}
     for pooling in args.poolings:
@@ -42,7 +42,7 @@ def main() -> None:
                 overrides["train_epochs"] = str(args.epochs)
             cfg = presets.build(args.preset, overrides)
             with contextlib.redirect_stdout(io.StringIO()):
-                results.append(run_training(cfg, experiment=f"pooling-{args.preset}"))
+                results.append(run_training(cfg, TrainRequest(experiment=f"pooling-{args.preset}")))
             r = results[-1]
             print(f"{pooling:9} seed {seed}: val F1 {r['best_val_f1']:.4f}  val acc {r['best_val_accuracy']:.4f}  "
                   f"test acc {r['best_test_accuracy']:.4f}  (best epoch {r['best_epoch']})", flush=True)

@@ -63,14 +63,14 @@ def instrumented(watch: Stopwatch):
     """Patch the tracking entry points, checkpoint writes and the loop's phases for one training run."""
     import mlflow
 
-    from rain_mlflow import tracking, train
-    from rain_mlflow.train import loop
+    from rain_mlflow.tracking.tracker import Tracker
+    from rain_mlflow.train import epochs, loop, run
 
-    targets = [(tracking.Tracker, name, "mlflow") for name in TRACKER_METHODS]
-    targets += [(tracking, "connect", "mlflow"), (mlflow, "start_run", "mlflow"),
+    targets = [(Tracker, name, "mlflow") for name in TRACKER_METHODS]
+    targets += [(run, "connect", "mlflow"), (mlflow, "start_run", "mlflow"),
                 (loop, "save_checkpoint", "checkpoint_write"), (loop, "train_one_epoch", "train_steps"),
-                (loop, "evaluate", "evaluation"), (train, "fit", "fit"),
-                (train.EpochTracker, "__call__", "per_epoch_tracking")]
+                (loop, "evaluate", "evaluation"), (run, "fit", "fit"),
+                (epochs.EpochTracker, "__call__", "per_epoch_tracking")]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in targets]
     try:
         for owner, name, category in targets:
@@ -85,7 +85,7 @@ def train_once(preset: str, overrides: dict[str, Any], uri: str) -> tuple[dict[s
     """One `train` run in this process; returns (its summary, the stopwatch, wall seconds)."""
     import mlflow
 
-    from rain_mlflow.train import run_training
+    from rain_mlflow.train.run import TrainRequest, run_training
 
     cfg = presets.build(preset, overrides)
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -94,17 +94,17 @@ def train_once(preset: str, overrides: dict[str, Any], uri: str) -> tuple[dict[s
     watch = Stopwatch()
     start = time.perf_counter()
     with instrumented(watch), contextlib.redirect_stdout(sys.stderr):  # stdout carries only the table
-        summary = run_training(cfg, experiment=f"bench-{preset}")
+        summary = run_training(cfg, TrainRequest(experiment=f"bench-{preset}"))
     return summary, watch, time.perf_counter() - start
 
 
 def raw_steps_per_second(preset: str, overrides: dict[str, Any], n_steps: int) -> tuple[float, int]:
     """Samples/s of the bare step (same data, model, precision, loss, optimizer and batches as the trainer)."""
-    from rain_mlflow.data.source import load_clean
-    from rain_mlflow.data.dataset import prepare, resolve
-    from rain_mlflow.model.factory import build_classifier
     from rain_mlflow.data.batches import Batches
-from rain_mlflow.train.loop import build_optimizer
+    from rain_mlflow.data.dataset import prepare, resolve
+    from rain_mlflow.data.source import load_clean
+    from rain_mlflow.model.factory import build_classifier
+    from rain_mlflow.train.loop import build_optimizer
     from rain_mlflow.train.losses import build_loss
     from rain_mlflow.train.precision import select_precision
 

@@ -95,10 +95,10 @@ def test_quick_run_prints_one_table_and_writes_every_figure(tmp_path):
 
 
 def test_bench_command_names_the_missing_checkout(cli, tmp_path, monkeypatch):
-    import rain_mlflow.cli as cli_module
+    import rain_mlflow.cli_tools as cli_module
 
     # As installed from a wheel: the package lives in site-packages, and the working directory is no checkout.
-    monkeypatch.setattr(cli_module, "__file__", str(tmp_path / "site-packages" / "rain_mlflow" / "cli.py"))
+    monkeypatch.setattr(cli_module, "__file__", str(tmp_path / "site-packages" / "rain_mlflow" / "cli_tools.py"))
     monkeypatch.chdir(tmp_path)
     result = cli("bench", "--quick")
     assert_user_error(result, "bench must run from a source checkout", str(tmp_path))
@@ -106,7 +106,7 @@ def test_bench_command_names_the_missing_checkout(cli, tmp_path, monkeypatch):
 
 
 def test_bench_command_finds_this_checkout(tmp_path, monkeypatch):
-    from rain_mlflow.cli import bench_checkout
+    from rain_mlflow.cli_tools import bench_checkout
 
     monkeypatch.chdir(tmp_path)
     assert Path(bench_checkout()) == REPO

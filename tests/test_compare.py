@@ -591,7 +591,7 @@ def test_the_live_diagnosis_reuses_the_thresholds_stored_on_its_run(store, synth
     from rain_mlflow.data.dataset import prepare
     from rain_mlflow.tracking.experiments import connect
     from rain_mlflow.tracking.tracker import Tracker
-    from rain_mlflow.train import EpochTracker
+    from rain_mlflow.train.epochs import EpochTracker
     from rain_mlflow.train.loop import TrainState
 
     cfg = presets.build("smoke", {"data": str(synthetic_csv)})

@@ -212,7 +212,7 @@ def test_the_default_space_is_valid_for_every_preset():
     import optuna
 
     from rain_mlflow import presets
-    from rain_mlflow.tune import default_space
+    from rain_mlflow.tune.space import default_space
 
     for name in presets.names():
         base = presets.build(name)

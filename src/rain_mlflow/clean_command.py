@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
 from rain_mlflow.config import DataConfig
 from rain_mlflow.data import accounting
 from rain_mlflow.data.source import load_clean
@@ -32,7 +30,8 @@ def default_report_path(output: str) -> str:
 
 def run_clean(cfg: DataConfig, output: str, report_path: str | None = None,
               experiment: str | None = None) -> dict:
-    """Validate and clean first (nothing is written or tracked for unusable data), then write and track."""
+    """Validate and clean first (nothing is written or tracked for unusable data), then write and track; the
+    result, with the `lines` the command prints."""
     raw, result = load_clean(cfg)
     steps = cfg.in_steps(result.step)  # durations -> steps of the data's time step (errors before anything is written)
     report_path = report_path or default_report_path(output)
@@ -61,9 +60,6 @@ def run_clean(cfg: DataConfig, output: str, report_path: str | None = None,
         tracker.set_note("Cleaned " + "; ".join(lines[:3]))
         tracker.set_tags({"data_digest": digest})
         run_id = tracker.run_id
-    for line in lines:
-        click.echo(line)
-    click.echo(f"cleaned CSV: {output}")
-    click.echo(f"report:      {report_path}")
-    click.echo(f"MLflow run:  {run_id} (data digest {digest})")
-    return {"run_id": run_id, "output": output, "report": report_path, "digest": digest}
+    lines += [f"cleaned CSV: {output}", f"report:      {report_path}",
+              f"MLflow run:  {run_id} (data digest {digest})"]
+    return {"run_id": run_id, "output": output, "report": report_path, "digest": digest, "lines": lines}

@@ -1,29 +1,33 @@
-"""The `rain-mlflow` command line: validate the input, build the frozen config, call one library function.
+"""The `rain-mlflow` command line: validate the input, build the frozen config, call one library function, print
+its result (`console.py` prints; `cli_tools.py` holds the commands beside the workflow: weights, presets, sync,
+bench).
 
 Every config field is an option of `train` (`--seq-len`, also spelled `--seq_len` because `mlflow run` passes an
-undeclared `-P seq_len=...` verbatim). Time settings (`--horizon 24h`, `--seq-len 60d`) take steps or a duration. Options default to "keep the preset's value"; the defaults themselves live
-in `config.py` / `presets.py`. Every user error ends with exit code 2 and one `error:` line on stderr.
+undeclared `-P seq_len=...` verbatim). Time settings (`--horizon 24h`, `--seq-len 60d`) take steps or a duration.
+Options default to "keep the preset's value"; the defaults themselves live in `config.py` / `presets.py`. Every
+user error ends with exit code 2 and one `error:` line on stderr.
+
+Each command imports its library inside its body: `--help` and `compare` start without torch, pandas or MLflow.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import json
+import re
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 
-from rain_mlflow import __version__
-from rain_mlflow.tracking import interrupts
-from rain_mlflow.tracking.store import bound_http_retries, store_error
+from rain_mlflow import __version__, cli_tools
 from rain_mlflow.config import (CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME,
                                 field_type)
-from rain_mlflow.console import ConsoleProgress, echo_lines, fail, setup_logging
+from rain_mlflow.console import ConsoleProgress, echo_lines, run
 from rain_mlflow.errors import UserError
 from rain_mlflow.options import Checked
-from rain_mlflow.weights import DEFAULT_RELEASE
+from rain_mlflow.tracking.store import tracking_uri
 
 EXPERIMENT = Checked("experiment", "text")
 BOOL = "BOOL"
@@ -74,6 +78,10 @@ def cli() -> None:
     """
 
 
+for _command in (cli_tools.weights, cli_tools.presets_command, cli_tools.sync, cli_tools.bench_command):
+    cli.add_command(_command)
+
+
 @cli.command()
 @click.option("--output", default="data/synthetic.csv", show_default=True, type=Checked("output", "output_file"),
               help="CSV file to write")
@@ -117,7 +125,7 @@ def clean(output: str, report_path: str | None, experiment: str | None, **option
     from rain_mlflow.clean_command import run_clean
 
     cfg = presets.build(presets.DEFAULT_PRESET, overrides_from(options)).data
-    run_clean(cfg, output, report_path, experiment)
+    echo_lines(run_clean(cfg, output, report_path, experiment)["lines"])
 
 
 @cli.command()
@@ -149,24 +157,26 @@ def train(preset: str | None, resume: str | None, reschedule: bool, force: bool,
           experiment: str | None, run_name: str | None, devices: int, **options: Any) -> None:
     """Train a classifier and record everything in one MLflow run."""
     from rain_mlflow import presets
-    from rain_mlflow.train import distributed, run_training
+    from rain_mlflow.train import distributed
+    from rain_mlflow.train.run import TrainRequest, dry_run_training, run_training
 
     if devices > 1 and not dry_run and not distributed.launched():
         sys.exit(distributed.launch(devices, distributed.without_option(_ARGV, "--devices")))
     if fmt == "json" and not dry_run:
         raise UserError(f"format must be text (json is for --dry-run); got {fmt!r}")
     overrides = overrides_from(options)
-    if resume:
-        if preset:
-            raise UserError("--resume continues a run with its own preset; drop --preset")
-        run_training(None, overrides=overrides, resume=resume, dry_run=dry_run, experiment=experiment,
-                     output_format=fmt, reschedule=reschedule, force=force)
-        return
-    if reschedule or force:
+    if resume and preset:
+        raise UserError("--resume continues a run with its own preset; drop --preset")
+    if not resume and (reschedule or force):
         raise UserError(f"--{'reschedule' if reschedule else 'force'} only applies with --resume RUN_ID")
-    cfg = presets.build(preset or presets.DEFAULT_PRESET, overrides)
-    run_training(cfg, overrides=overrides, dry_run=dry_run, experiment=experiment, run_name=run_name,
-                 output_format=fmt)
+    cfg = None if resume else presets.build(preset or presets.DEFAULT_PRESET, overrides)
+    request = TrainRequest(experiment=experiment, run_name=None if resume else run_name, resume=resume,
+                           overrides=overrides, reschedule=reschedule, force=force, progress=ConsoleProgress())
+    if not dry_run:
+        echo_lines(run_training(cfg, request)["lines"])
+        return
+    planned = dry_run_training(cfg, request)
+    echo_lines([json.dumps(planned.summary, indent=2, default=str)] if fmt == "json" else planned.lines)
 
 
 PRUNE_ON_DEFAULT = "stalled,oscillating,non_finite_loss,class_collapse"
@@ -200,13 +210,10 @@ def tune(preset: str | None, space: str | None, n_trials: int, timeout: float | 
          prune_on: list[str], pruner: str, study: str | None, storage: str | None, experiment: str | None,
          **options: Any) -> None:
     """Search hyperparameters with Optuna: one MLflow run per trial, sick trials pruned by the diagnosis."""
-    import time
-
     from rain_mlflow import presets
-    from rain_mlflow.tracking.store import tracking_uri
-    from rain_mlflow.tune import TuneConfig, default_space, default_storage, load, run_tune
-
-    import re
+    from rain_mlflow.tune.run import run_tune
+    from rain_mlflow.tune.space import default_space, load
+    from rain_mlflow.tune.study import TuneConfig, default_storage
 
     if study is not None and not re.fullmatch(r"[\w.-]+", study):  # it goes into MLflow search filters
         raise UserError(f"study must be letters, digits, '_', '-' or '.'; got {study!r}")
@@ -218,71 +225,10 @@ def tune(preset: str | None, space: str | None, n_trials: int, timeout: float | 
         raise UserError(f"{both[0]} must be either fixed by --{both[0].replace('_', '-')} or searched by the space, "
                         f"not both; got both")
     name = study or f"{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_tune(TuneConfig(base=base, space=searched, study=name, storage=storage or default_storage(tracking_uri()),
-                        n_trials=n_trials, timeout_s=timeout, metric=metric, prune_on=tuple(prune_on),
-                        pruner=pruner, experiment=experiment))
-
-
-@cli.group()
-def weights() -> None:
-    """Released pretrained weights: download them into the cache, verify a file, show where they are.
-
-    NAME is a release (timer-xl-260b, the default), an http(s) URL or, for `verify`, a file. The cache is
-    $RAIN_MLFLOW_CACHE, else ~/.cache/rain-mlflow; RAIN_MLFLOW_WEIGHTS_MIRROR=URL fetches releases from
-    URL/NAME.pth instead; RAIN_MLFLOW_OFFLINE=1 forbids downloading.
-    """
-
-
-@weights.command("download")
-@click.argument("name", default=DEFAULT_RELEASE)
-def weights_download(name: str) -> None:
-    """Download NAME into the cache (once) and verify it; print its path and sha256."""
-    from rain_mlflow import weights as released
-
-    source = _remote_weights(name)
-    resolved = released.fetch(source)
-    verb = "downloaded" if resolved.downloaded else "already cached"
-    click.echo(f"{verb}: {resolved.path}  sha256 {resolved.sha256}  from {resolved.origin}")
-
-
-@weights.command("verify")
-@click.argument("name", default=DEFAULT_RELEASE)
-def weights_verify(name: str) -> None:
-    """Check that NAME (cached) or a file loads with weights_only=True and has the released layout."""
-    from rain_mlflow import weights as released
-
-    source = released.parse(name)
-    if source is None:
-        raise UserError(f"name must be a release ({', '.join(released.RELEASES)}), a URL or a file; got {name!r}")
-    if source.kind != "file" and not source.path.is_file():
-        raise UserError(f"{source.label} is not in the cache ({source.path}); run `rain-mlflow weights download "
-                        f"{name}` first")
-    if not source.path.is_file():
-        released.fetch(source)  # the missing-file error
-    layout = released.expected_layout(source, None)
-    counts = released.verify(source.path, layout, source.label)
-    click.echo(f"ok: {source.path}: {counts['n_tensors']} tensors, {counts['n_parameters']:,} parameters, the "
-               f"layout of {source.spec if source.release else released.DEFAULT_RELEASE}; "
-               f"sha256 {released.sha256_of(source.path)}")
-
-
-@weights.command("path")
-@click.argument("name", default=DEFAULT_RELEASE)
-def weights_path(name: str) -> None:
-    """Print where NAME is (or will be) cached."""
-    source = _remote_weights(name)
-    click.echo(str(source.path))
-    if not source.path.is_file():
-        click.echo(f"info: not downloaded yet; `rain-mlflow weights download {name}` fetches it", err=True)
-
-
-def _remote_weights(name: str) -> Any:
-    from rain_mlflow import weights as released
-
-    source = released.parse(name)
-    if source is None or source.kind == "file":
-        raise UserError(f"name must be a release ({', '.join(released.RELEASES)}) or an http(s) URL; got {name!r}")
-    return source
+    tune_cfg = TuneConfig(base=base, space=searched, study=name, storage=storage or default_storage(tracking_uri()),
+                          n_trials=n_trials, timeout_s=timeout, metric=metric, prune_on=tuple(prune_on),
+                          pruner=pruner, experiment=experiment)
+    echo_lines(run_tune(tune_cfg, ConsoleProgress())["lines"])
 
 
 @cli.command()
@@ -295,7 +241,7 @@ def test(model_uri: str, experiment: str | None, **options: Any) -> None:
     """Evaluate a model on a data file or on the test split of its training data."""
     from rain_mlflow.evaluate import run_test
 
-    run_test(model_uri, overrides_from(options), experiment)
+    echo_lines(run_test(model_uri, overrides_from(options), experiment)["lines"])
 
 
 def threshold_options(command: Callable | None = None, *, stored_default: bool = False) -> Callable:
@@ -401,27 +347,9 @@ def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | Non
     """Turn OpenLTM run.py classification logs into FINISHED MLflow runs (one per log) that compare reads."""
     from rain_mlflow.import_log import import_logs
 
-    import_logs([*logfiles, *([log] if log else [])], experiment=experiment, preset=preset or None, run_name=run_name or None,
-                vram_budget_gb=vram_budget_gb, vram_peak_gb=vram_peak_gb)
-
-
-@cli.command("sync")
-@click.argument("folder", required=False, metavar="RUN_FOLDER")
-@click.option("--run-folder", "--run_folder", "run_folder", default="", metavar="RUN_FOLDER",
-              type=Checked("run_folder", "text", optional=True),
-              help="the run folder (the spelling `mlflow run -e sync -P run_folder=...` uses)")
-def sync(folder: str | None, run_folder: str | None) -> None:
-    """Deliver the writes a training run kept locally during a tracking outage (RUN_FOLDER: rain-runs/<run id>)."""
-    from pathlib import Path
-
-    from rain_mlflow.tracking.delivery import sync_run
-
-    chosen = folder or run_folder
-    if not chosen:
-        raise UserError("RUN_FOLDER must be given (a folder under rain-runs/ or $RAIN_MLFLOW_HOME/runs/); got none")
-    done = sync_run(Path(chosen))
-    click.echo(f"run {done['run_id']}: delivered {done['delivered']} writes; status {done['status']}"
-               + (f"; {done['rejected']} refused by the store, kept in {chosen}" if done["rejected"] else ""))
+    imported = import_logs([*logfiles, *([log] if log else [])], experiment=experiment, preset=preset or None,
+                           run_name=run_name or None, vram_budget_gb=vram_budget_gb, vram_peak_gb=vram_peak_gb)
+    echo_lines(result["line"] for result in imported)
 
 
 @cli.command("main")
@@ -435,104 +363,13 @@ def main_command(preset: str, experiment: str | None, workdir: str) -> None:
     """The whole pipeline on the embedded defaults: synth, clean, train, test, compare, promote."""
     from rain_mlflow.pipeline import run_pipeline
 
-    run_pipeline(preset=preset, experiment=experiment, workdir=workdir)
-
-
-@cli.command("bench")
-@click.option("--quick", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Checked("quick", "bool"), help="small shapes and few repetitions (CI); never fails on timing")
-@click.option("--gpu", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Checked("gpu", "bool"), help="also measure the CUDA section (epoch time, peak VRAM, MFU)")
-def bench_command(quick: bool, gpu: bool) -> None:
-    """Every benchmark side by side: one table, figures in bench/results.json (needs a source checkout)."""
-    import subprocess
-
-    checkout = bench_checkout()
-    argv = [sys.executable, "-m", "bench", *(["--quick"] if quick else []), *(["--gpu"] if gpu else [])]
-    code = subprocess.run(argv, cwd=checkout).returncode
-    if code:
-        sys.exit(code)
-
-
-def bench_checkout() -> str:
-    """The source checkout holding bench/ (the fp32 reference is not shipped in the package): the one this package
-    was installed from in editable mode, else the working directory or one of its parents."""
-    from pathlib import Path
-
-    candidates = [Path(__file__).resolve().parents[2], *[p for p in (Path.cwd(), *Path.cwd().parents)]]
-    for folder in candidates:
-        if (folder / "bench" / "__main__.py").is_file() and (folder / "src" / "rain_mlflow").is_dir():
-            return str(folder)
-    raise UserError(f"bench must run from a source checkout of rain-mlflow (a folder with bench/ and src/: the "
-                    f"benchmarks and their fp32 reference are not shipped in the package); got none at "
-                    f"{candidates[0]} or {Path.cwd()} and its parents. Clone the repository, `pip install -e .` "
-                    "there and run it from that folder")
-
-
-@cli.command("presets")
-def presets_command() -> None:
-    """List the named presets and their main settings."""
-    from rain_mlflow import presets
-
-    header = f"{'preset':16} {'layers':>6} {'d_model':>7} {'d_ff':>5} {'heads':>5} {'seq_len':>7} {'batch':>5} " \
-             f"{'lr':>7} {'epochs':>6} {'VRAM GB':>7}  pretrained  summary"
-    click.echo(header)
-    for name, preset in presets.PRESETS.items():
-        c = preset.build()
-        budget = f"{c.train.vram_budget_gb:g}" if c.train.vram_budget_gb else "-"
-        click.echo(f"{name:16} {c.model.e_layers:>6} {c.model.d_model:>7} {c.model.d_ff:>5} {c.model.n_heads:>5} "
-                   f"{c.data.seq_len:>7} {c.train.batch_size:>5} {c.train.learning_rate:>7g} "
-                   f"{c.train.train_epochs:>6} {budget:>7}  {'yes' if c.model.pretrain_model_path else 'no':10}  "
-                   f"{preset.summary}")
-    click.echo("\nseq_len is in steps, chosen for hourly data (720 = 30 days, 1440 = 60 days); on other data give a "
-               "duration (--seq-len 60d). The label horizon is 24h whatever the time step.")
-    click.echo("Every field can be overridden: `rain-mlflow train --preset small --seq-len 1440` or "
-               "`mlflow run . -e train -P preset=small -P seq_len=1440`. Show all fields of one preset with "
-               "`rain-mlflow train --preset NAME --dry-run`.")
+    echo_lines(run_pipeline(preset=preset, experiment=experiment, workdir=workdir, progress=ConsoleProgress())["lines"])
 
 
 _ARGV: list[str] = []  # this command line, for `train --devices N` to hand to torchrun
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: what the package promises on failure (README, "When something fails").
-
-    User errors and an unreachable store: exit code 2 and a single `error:` line. Ctrl-C / SIGTERM: exit 130 / 143,
-    the run ended KILLED. Under `mlflow run`, a failure before our code attached to the launched run ends that run
-    FAILED (KILLED) with the reason, so it is never left RUNNING.
-    """
-    setup_logging()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs readable
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print links to the training view
-    bound_http_retries()
+    """Console entry point (`rain-mlflow`, `python -m rain_mlflow`); failures as `console.run` promises them."""
     _ARGV[:] = list(argv) if argv is not None else sys.argv[1:]
-    try:
-        with interrupts.handling():
-            code = cli.main(args=argv, prog_name="rain-mlflow", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt) as exc:  # click wraps KeyboardInterrupt in Abort
-        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) and exc.__cause__ else exc
-        reason = f"interrupted by {interrupts.signal_name(cause)}"
-        _end_launched_run("KILLED", reason)
-        fail(reason, interrupts.exit_code(cause))
-    except click.ClickException as exc:
-        _end_launched_run("FAILED", exc.format_message())
-        fail(exc.format_message(), 2)
-    except UserError as exc:
-        _end_launched_run("FAILED", str(exc))
-        fail(str(exc), 2)
-    except Exception as exc:
-        error = store_error(exc)
-        if error is None:  # a bug: keep the traceback, but do not leave a launched run RUNNING
-            _end_launched_run("FAILED", f"{type(exc).__name__}: {exc}")
-            raise
-        fail(str(error), 2)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _end_launched_run(status: str, reason: str) -> None:
-    if os.environ.get("MLFLOW_RUN_ID"):
-        from rain_mlflow.tracking.tracker import end_launched_run  # imports MLflow: only when launched by it
-
-        end_launched_run(status, " ".join(reason.split()))
+    run(cli, argv)

@@ -18,13 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import classification_report, roc_auc_score
 
-from rain_mlflow import presets
+from rain_mlflow import plots, presets
 from rain_mlflow.config import DEFAULT_MODEL_URI, SYNTHETIC, RunConfig
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import EvalWindows, evaluation_windows, prepare
@@ -33,6 +32,13 @@ from rain_mlflow.errors import DataError, UserError
 from rain_mlflow.model.factory import RainModel, rain_model_from_payload
 from rain_mlflow.model import checkpoint
 from rain_mlflow.train.baselines import GbmBaseline, baseline_metrics, skill, verdict
+from rain_mlflow.tracking import ui
+from rain_mlflow.tracking.datasets import data_digest, same_data
+from rain_mlflow.tracking.experiments import connect
+from rain_mlflow.tracking.protocol import RunTracker
+from rain_mlflow.tracking.runs import download_run_artifact, find_run
+from rain_mlflow.tracking.store import tracking_uri
+from rain_mlflow.tracking.tracker import Tracker
 from rain_mlflow.train.metrics import confusion, split_metrics
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -41,9 +47,8 @@ BATCH = 256
 
 def load_model(model_uri: str) -> tuple[RainModel, str | None]:
     """The serving model and the id of the training run it came from (None for a bare checkpoint file)."""
-    from rain_mlflow.tracking.runs import download_run_artifact, find_run
-
     if model_uri.startswith("models:/"):
+        # imported here: defining the served model's class makes MLflow print a warning (tracking/serving.py)
         from rain_mlflow.registry.loading import load_served_model
 
         return load_served_model(model_uri)
@@ -102,11 +107,7 @@ def score(labels: np.ndarray, probability: np.ndarray, baselines: dict[str, np.n
 
 
 def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str | None = None) -> dict[str, Any]:
-    """Evaluate, log a test run linked to the training run, print the result."""
-    from rain_mlflow.tracking.datasets import data_digest
-    from rain_mlflow.tracking.experiments import connect
-    from rain_mlflow.tracking.tracker import Tracker
-
+    """Evaluate and log a test run linked to the training run; the result, with the `lines` the command prints."""
     model_uri = model_uri or DEFAULT_MODEL_URI
     presets.build(presets.DEFAULT_PRESET, overrides)  # a bad value fails here, before any store is opened
     data = overrides.get("data")
@@ -122,7 +123,7 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
     raw, cleaned = load_clean(cfg.data)
     # The data the model was trained on (by content, whatever the path): only its test split is new to the
     # model. Any other data: every window.
-    training_data = _is_training_data(raw, trained_run, trained_cfg, cfg)
+    training_data, lines = _is_training_data(raw, trained_run, trained_cfg, cfg)
     new_data = not training_data
     windows = evaluation_windows(cleaned, cfg, model.policy, model.window, test_split_only=training_data)
     probability = rain_probabilities(model, windows)
@@ -149,20 +150,18 @@ def run_test(model_uri: str | None, overrides: dict[str, Any], experiment: str |
         note = _note(model_uri, trained_run, windows.scope, cfg.data.data, metrics, gbm_note)
         tracker.set_note(note)
         run_id, experiment_id = tracker.run_id, tracker.experiment_id
-    _print(model_uri, windows, metrics, matrix, report_text, run_id, gbm_note)
-    _print_links(experiment_id, run_id, trained_run)
-    return {"run_id": run_id, "trained_run_id": trained_run, **metrics}
+    lines += _lines(model_uri, windows, metrics, matrix, report_text, run_id, gbm_note)
+    lines += _links(experiment_id, run_id, trained_run)
+    return {"run_id": run_id, "trained_run_id": trained_run, **metrics, "lines": lines}
 
 
-def _is_training_data(raw: pd.DataFrame, trained_run: str | None, trained_cfg: RunConfig, cfg: RunConfig) -> bool:
-    """Whether `raw` is the data of the training run, by the digest the run recorded.
+def _is_training_data(raw: pd.DataFrame, trained_run: str | None, trained_cfg: RunConfig,
+                      cfg: RunConfig) -> tuple[bool, list[str]]:
+    """Whether `raw` is the data of the training run, by the digest the run recorded (and a note to print).
 
     A checkpoint file whose run is not in this store has no recorded digest: then the paths are compared after
-    resolving them (`./data/x.csv` and `data/x.csv` are the same file), and the answer is printed.
+    resolving them (`./data/x.csv` and `data/x.csv` are the same file), and the note says which.
     """
-    from rain_mlflow.tracking.datasets import same_data
-    from rain_mlflow.tracking.runs import find_run
-
     recorded = None
     if trained_run:
         try:
@@ -170,16 +169,15 @@ def _is_training_data(raw: pd.DataFrame, trained_run: str | None, trained_cfg: R
         except UserError:
             recorded = None
     if recorded:
-        return same_data(raw, recorded)
+        return same_data(raw, recorded), []
     same = cfg.data.data == trained_cfg.data.data if SYNTHETIC in (cfg.data.data, trained_cfg.data.data) else \
         Path(cfg.data.data).resolve() == Path(trained_cfg.data.data).resolve()
-    click.echo(f"note: no recorded data digest for the training run; {cfg.data.data!r} "
-               f"{'is' if same else 'is not'} the training file by path, so "
-               f"{'only its test split' if same else 'every window'} is scored")
-    return same
+    return same, [f"note: no recorded data digest for the training run; {cfg.data.data!r} "
+                  f"{'is' if same else 'is not'} the training file by path, so "
+                  f"{'only its test split' if same else 'every window'} is scored"]
 
 
-def _log_predictions(tracker: Any, windows: Any, probability: np.ndarray, predicted: np.ndarray) -> None:
+def _log_predictions(tracker: RunTracker, windows: Any, probability: np.ndarray, predicted: np.ndarray) -> None:
     frame = pd.DataFrame({"window_end": windows.end_dates, "rain_probability": probability.round(5),
                           "predicted": predicted, "label": windows.labels})
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,9 +186,7 @@ def _log_predictions(tracker: Any, windows: Any, probability: np.ndarray, predic
         tracker.log_artifact(path)
 
 
-def _log_confusion_figure(tracker: Any, matrix: list[list[int]], title: str) -> None:
-    from rain_mlflow import plots
-
+def _log_confusion_figure(tracker: RunTracker, matrix: list[list[int]], title: str) -> None:
     fig = plots.confusion_figure({"test": matrix}, title)
     tracker.log_figure(fig, "confusion_matrix.png")
     plots.close(fig)
@@ -203,32 +199,30 @@ def _note(model_uri: str, trained_run: str | None, scope: str, data: str, m: dic
             f"ROC-AUC {m['roc_auc']:.3f}; {against}; {gbm_note}.")
 
 
-def _print(model_uri: str, windows: Any, m: dict[str, Any], matrix: list[list[int]], report: str,
-           run_id: str, gbm_note: str) -> None:
-    click.echo(f"model {model_uri} on {windows.scope} ({m['n_windows']} of {windows.candidates} windows, "
-               f"{m['rain_share']:.1%} rain; {windows.dropped} dropped: unknown label or missing input)")
-    click.echo(f"{'':14}{'accuracy':>9}{'F1':>8}{'MCC':>8}")
-    click.echo(f"{'model':14}{m['accuracy']:>9.2%}{m['f1']:>8.3f}{m['mcc']:>+8.3f}   precision {m['precision']:.3f}"
-               f"  recall {m['recall']:.3f}  ROC-AUC {m['roc_auc']:.3f}")
-    click.echo(f"{'majority':14}{m['majority_accuracy']:>9.2%}")
+def _lines(model_uri: str, windows: Any, m: dict[str, Any], matrix: list[list[int]], report: str,
+           run_id: str, gbm_note: str) -> list[str]:
+    """The scores next to the baselines', the confusion matrix and the classification report."""
+    lines = [f"model {model_uri} on {windows.scope} ({m['n_windows']} of {windows.candidates} windows, "
+             f"{m['rain_share']:.1%} rain; {windows.dropped} dropped: unknown label or missing input)",
+             f"{'':14}{'accuracy':>9}{'F1':>8}{'MCC':>8}",
+             f"{'model':14}{m['accuracy']:>9.2%}{m['f1']:>8.3f}{m['mcc']:>+8.3f}   precision {m['precision']:.3f}"
+             f"  recall {m['recall']:.3f}  ROC-AUC {m['roc_auc']:.3f}",
+             f"{'majority':14}{m['majority_accuracy']:>9.2%}"]
     for name in ("always_rain", "persistence", "gbm"):
         if f"{name}_f1" in m:
-            click.echo(f"{name.replace('_', '-'):14}{m[f'{name}_accuracy']:>9.2%}{m[f'{name}_f1']:>8.3f}"
-                       f"{m[f'{name}_mcc']:>+8.3f}")
-    click.echo(f"skill over the best baseline: F1 {m['skill_f1']:+.3f} ({m['best_baseline_f1']}), "
-               f"MCC {m['skill_mcc']:+.3f} ({m['best_baseline_mcc']}); {gbm_note}")
+            lines.append(f"{name.replace('_', '-'):14}{m[f'{name}_accuracy']:>9.2%}{m[f'{name}_f1']:>8.3f}"
+                         f"{m[f'{name}_mcc']:>+8.3f}")
+    lines.append(f"skill over the best baseline: F1 {m['skill_f1']:+.3f} ({m['best_baseline_f1']}), "
+                 f"MCC {m['skill_mcc']:+.3f} ({m['best_baseline_mcc']}); {gbm_note}")
     (tn, fp), (fn, tp) = matrix
-    click.echo(f"confusion (rows true, columns predicted): no rain [{tn} {fp}]  rain [{fn} {tp}]")
-    click.echo(report.rstrip())
-    click.echo(f"MLflow run: {run_id}")
+    lines.append(f"confusion (rows true, columns predicted): no rain [{tn} {fp}]  rain [{fn} {tp}]")
+    lines.append(report.rstrip())
+    lines.append(f"MLflow run: {run_id}")
+    return lines
 
 
-def _print_links(experiment_id: str, run_id: str, trained_run: str | None) -> None:
-    from rain_mlflow.tracking import ui
-    from rain_mlflow.tracking.runs import find_run
-    from rain_mlflow.tracking.store import tracking_uri
-
+def _links(experiment_id: str, run_id: str, trained_run: str | None) -> list[str]:
     links = [("test run", ui.run_url("", experiment_id, run_id))]
     if trained_run:
         links.append(("trained run", ui.run_url("", find_run(trained_run).info.experiment_id, trained_run)))
-    click.echo(ui.links_block(tracking_uri(), links), nl=False)
+    return ui.links_block(tracking_uri(), links).splitlines()

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rain_mlflow.diagnostics.history import RunHistory
+from rain_mlflow.diagnostics.rules import RULES, diagnose, diagnosis_tag
+from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.errors import UserError
+from rain_mlflow.tracking.experiments import connect
+from rain_mlflow.tracking.runs import runs_with_tag
+from rain_mlflow.tracking.tracker import Tracker
 
 NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?)"
 DIGEST_TAG = "rain.import.digest"
@@ -173,12 +179,11 @@ def positive_number(option: str, text: str | None) -> float | None:
 def import_logs(paths: list[str], *, experiment: str | None = None, preset: str | None = None,
                 run_name: str | None = None, vram_budget_gb: str | None = None,
                 vram_peak_gb: str | None = None) -> list[dict[str, Any]]:
-    """Import each log as a run of `experiment` (module docstring); a log imported before is left alone.
+    """Import each log as a run of `experiment` (module docstring); a log imported before is left alone. One
+    result per log, with the `line` the command prints for it.
 
     Every file and option is checked before anything is written, so a user error leaves the store unchanged.
     """
-    from rain_mlflow.tracking.experiments import connect
-    from rain_mlflow.tracking.tracker import Tracker
 
     paths = [p for p in paths if str(p).strip()]
     if not paths:
@@ -200,19 +205,11 @@ def import_logs(paths: list[str], *, experiment: str | None = None, preset: str 
 
 def _import_one(experiment_id: str, log: ParsedLog, preset: str | None, run_name: str | None,
                 budget: float | None, peak: float | None) -> dict[str, Any]:
-    import click
-
-    from rain_mlflow.diagnostics.history import RunHistory
-    from rain_mlflow.diagnostics.rules import RULES, diagnose, diagnosis_tag
-    from rain_mlflow.diagnostics.thresholds import Thresholds
-    from rain_mlflow.tracking.runs import runs_with_tag
-    from rain_mlflow.tracking.tracker import Tracker
-
     existing = runs_with_tag(experiment_id, DIGEST_TAG, log.digest)
     if existing:
-        click.echo(f"{log.path.name}: already imported as run {existing[0]}; nothing written (delete that run "
-                   "to import the log again with other options)")
-        return {"log": str(log.path), "run_id": existing[0], "imported": False}
+        return {"log": str(log.path), "run_id": existing[0], "imported": False,
+                "line": f"{log.path.name}: already imported as run {existing[0]}; nothing written (delete that run "
+                        "to import the log again with other options)"}
     epochs = {epoch: dict(values) for epoch, values in sorted(log.epochs.items())}
     if peak is not None:
         for values in epochs.values():
@@ -244,6 +241,6 @@ def _import_one(experiment_id: str, log: ParsedLog, preset: str | None, run_name
         tracker.set_note(f"Imported from the OpenLTM log {log.path.name}: {len(epochs)} epochs, "
                          f"{len(log.unreadable)} unreadable lines; diagnosis: {diagnosis_tag(findings)}.")
         run_id = tracker.run_id
-    click.echo(f"imported {log.summary()} as run {run_id}; diagnosis: {diagnosis_tag(findings)}")
     return {"log": str(log.path), "run_id": run_id, "imported": True, "flags": sorted(f.flag for f in findings),
-            "unreadable": len(log.unreadable)}
+            "unreadable": len(log.unreadable),
+            "line": f"imported {log.summary()} as run {run_id}; diagnosis: {diagnosis_tag(findings)}"}

@@ -1,74 +1,80 @@
 """`train --dry-run`: the resolved config, the data, the model size, where the weights are and the memory and time
-estimates, without a run and without the weights (as text, or as one JSON object with `--format json`)."""
+estimates, without a run and without the weights (`DryRun`: the summary `--format json` prints, and the lines of
+the text report)."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 
-import click
 import torch
 
 from rain_mlflow import weights
 from rain_mlflow.config import RunConfig
 from rain_mlflow.data import accounting
 from rain_mlflow.data.dataset import PreparedData
-from rain_mlflow.diagnostics.rules import format_duration
+from rain_mlflow.diagnostics.text import format_duration
 from rain_mlflow.train.estimate import Estimate, estimate
 from rain_mlflow.train.precision import Precision
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What a dry run found: everything as JSON-ready data (`--format json`), and as lines for people."""
+
+    summary: dict
+    lines: list[str]
+
+
 def dry_run_report(cfg: RunConfig, data: PreparedData, report: dict, model: torch.nn.Module, precision: Precision,
-                   weights_status: dict | None, output_format: str = "text") -> dict:
-    """Estimate, then print everything (text for people, one JSON object for scripts); return the summary."""
+                   weights_status: dict | None) -> DryRun:
+    """Estimate, then describe everything."""
     t = cfg.train
     est = estimate(model, data, t.batch_size, precision, t.accumulate_steps)
     summary = _dry_run_summary(cfg, data, report, est, precision, weights_status)
-    if output_format == "json":
-        click.echo(json.dumps(summary, indent=2, default=str))
-        return summary
-    echo = click.echo
-    echo(f"preset {cfg.preset}: resolved settings")
+    lines: list[str] = []
+    add = lines.append
+    add(f"preset {cfg.preset}: resolved settings")
     times = report.get("time_settings") or {}
     for key, value in cfg.flat().items():
         meaning = times.get(key)
-        echo(f"  {key:22} {value}" + (f" steps = {meaning['duration']} (given: {meaning['given']})"
+        add(f"  {key:22} {value}" + (f" steps = {meaning['duration']} (given: {meaning['given']})"
                                       if isinstance(meaning, dict) else ""))
-    echo(f"data: {report['source']}: {report['steps']} steps of {report['freq']} ({report['start']} .. "
+    add(f"data: {report['source']}: {report['steps']} steps of {report['freq']} ({report['start']} .. "
          f"{report['end']}), features {', '.join(data.features)}")
     for line in report.get("time_meaning", []):
-        echo(f"  {line}")
+        add(f"  {line}")
     for name, split in data.splits.items():
-        echo(f"  {name:5} {split.size:>7} windows  rain {split.rain:>7} ({split.rain / split.size:.1%})  "
+        add(f"  {name:5} {split.size:>7} windows  rain {split.rain:>7} ({split.rain / split.size:.1%})  "
              f"no rain {split.no_rain:>7}  majority share {split.majority_share:.1%}")
     for line in accounting.lines(data.accounting):
-        echo(line)
+        add(line)
     if data.policy and data.policy.indicators:
-        echo(f"  missing inputs: training mean plus indicator variable(s) {', '.join(data.policy.indicators)}")
+        add(f"  missing inputs: training mean plus indicator variable(s) {', '.join(data.policy.indicators)}")
     for note in data.notes:
-        echo(f"  note: {note}")
-    echo(f"model: {est.n_params:,} parameters ({est.n_trainable:,} trainable); window {data.window} steps = "
+        add(f"  note: {note}")
+    add(f"model: {est.n_params:,} parameters ({est.n_trainable:,} trainable); window {data.window} steps = "
          f"{data.window // cfg.model.input_token_len} tokens x {data.n_vars} variables = {est.tokens_per_sample} "
          f"tokens per sample")
-    echo(f"pretrained weights: {weights.describe(weights_status) if weights_status else 'none (random init)'}")
-    echo(f"device: {precision.device}, precision {precision.name}")
+    add(f"pretrained weights: {weights.describe(weights_status) if weights_status else 'none (random init)'}")
+    add(f"device: {precision.device}, precision {precision.name}")
     batch = f"batch {t.batch_size}" + (f" x {t.accumulate_steps} accumulated = effective batch "
                                        f"{t.batch_size * t.accumulate_steps}" if est.accumulating else "")
-    echo(f"training memory (VRAM on a GPU), {batch}"
+    add(f"training memory (VRAM on a GPU), {batch}"
          f"{', activation checkpointing' if t.checkpoint_activations else ''}: {est.vram_gb:.2f} GB, "
          f"{est.vram_basis}")
     live = (f"activations {est.activations_gb:.2f} + gradients {est.gradients_gb:.2f}" if est.accumulating else
             f"max(activations {est.activations_gb:.2f}, gradients {est.gradients_gb:.2f})")
     recompute = f" + recompute {est.recompute_gb:.2f}" if t.checkpoint_activations else ""
-    echo(f"  = weights {est.weights_gb:.2f} + AdamW {est.optimizer_gb:.2f} + {live}{recompute} GB, + 5 % "
+    add(f"  = weights {est.weights_gb:.2f} + AdamW {est.optimizer_gb:.2f} + {live}{recompute} GB, + 5 % "
          "(GB = 2^30 bytes)")
     budget = t.vram_budget_gb
     if budget:
         verdict = "within" if est.vram_gb <= budget else "OVER"
-        echo(f"  budget {budget:g} GB: {verdict} budget")
-    echo(f"epoch time on {precision.device.type} ({precision.name}): {format_duration(est.epoch_time_s)} "
+        add(f"  budget {budget:g} GB: {verdict} budget")
+    add(f"epoch time on {precision.device.type} ({precision.name}): {format_duration(est.epoch_time_s)} "
          f"({est.steps_per_epoch} steps of {est.step_time_s:.3f} s + evaluation); "
          f"{t.train_epochs} epochs at most: {format_duration(est.epoch_time_s * t.train_epochs)}")
-    return summary
+    return DryRun(summary, lines)
 
 
 def _dry_run_summary(cfg: RunConfig, data: PreparedData, report: dict, est: Estimate, precision: Precision,

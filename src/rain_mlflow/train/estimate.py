@@ -35,7 +35,6 @@ from torch import nn
 from rain_mlflow.data.batches import Batches
 from rain_mlflow.data.dataset import PreparedData
 from rain_mlflow.model.timerxl import TimerBlocks, TimerLayer
-from rain_mlflow.data.batches import Batches
 from rain_mlflow.train.loop import build_optimizer
 from rain_mlflow.train.precision import Precision
 

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import tempfile
 import time
 from typing import Any
@@ -20,6 +22,9 @@ from typing import Any
 from rain_mlflow.config import RunConfig
 from rain_mlflow.errors import UserError
 from rain_mlflow.model import checkpoint
+from rain_mlflow.tracking import liveness
+from rain_mlflow.tracking.protocol import RunTracker
+from rain_mlflow.tracking.runs import download_run_artifact, find_run
 from rain_mlflow.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -31,9 +36,6 @@ HISTORY_FILE = "resume_history.json"
 def resume_source(run_id: str, overrides: dict[str, Any], reschedule: bool = False,
                   force: bool = False) -> tuple[RunConfig, dict]:
     """The config and last.pt of a run to continue; refuses what would corrupt it or alter what already ran."""
-    from rain_mlflow.tracking import liveness
-    from rain_mlflow.tracking.runs import download_run_artifact, find_run
-
     run = find_run(run_id)
     if run.data.tags.get("rain.step") != "train":
         raise UserError(f"run {run_id} is not a training run (rain.step={run.data.tags.get('rain.step')!r})")
@@ -87,17 +89,14 @@ def schedule_note(before: RunConfig, after: RunConfig, done: int) -> str | None:
             f"{t0.schedule_span}; the learning rate of epoch {done + 1} moves from {old:.3g} to {new:.3g}")
 
 
-def record(tracker: Any, before: RunConfig, after: RunConfig, done: int, runtime: dict[str, str],
+def record(tracker: RunTracker, before: RunConfig, after: RunConfig, done: int, runtime: dict[str, str],
            note: str | None) -> dict[str, Any]:
     """Log what this resume changed: `resume.<n>.*` params, the `resume_count` tag, `resume_history.json`."""
-    import socket
-
-    run = tracker.client.get_run(tracker.run_id)
-    n = int(run.data.tags.get("resume_count", "0")) + 1
+    params = tracker.params()
+    n = int(tracker.tags().get("resume_count", "0")) + 1
     old, new = before.flat(), after.flat()
     changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
-    changed |= {k: [run.data.params.get(k), v] for k, v in runtime.items()
-                if k in run.data.params and run.data.params[k] != v}
+    changed |= {k: [params.get(k), v] for k, v in runtime.items() if k in params and params[k] != v}
     entry = {"resume": n, "after_epoch": done, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "host": socket.gethostname(), "changed": changed, "schedule": note}
     tracker.log_params({f"resume.{n}.after_epoch": done,
@@ -107,9 +106,7 @@ def record(tracker: Any, before: RunConfig, after: RunConfig, done: int, runtime
     return entry
 
 
-def _history(tracker: Any) -> list[dict]:
-    import json
-
+def _history(tracker: RunTracker) -> list[dict]:
     try:
         path = tracker.download_artifact(HISTORY_FILE)
     except Exception:  # first resume: no history yet

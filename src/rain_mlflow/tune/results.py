@@ -1,4 +1,4 @@
-"""What a study leaves on its parent run and on the console: counts, time saved, the best trial, a trials table
+"""What a study leaves on its parent run and for the console: counts, time saved, the best trial, a trials table
 and Optuna's figures. Computed from the whole study (every worker's trials), so the last worker to finish writes
 the complete summary."""
 
@@ -11,8 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import click
+import optuna
+import optuna.visualization.matplotlib as figures
 
+from rain_mlflow import plots
+from rain_mlflow.tracking.protocol import RunTracker
+from rain_mlflow.tracking.runs import find_runs
 from rain_mlflow.tune.study import STUDY_TAG, TRIAL_TAG, TuneConfig, trained
 
 log = logging.getLogger(__name__)
@@ -21,8 +25,6 @@ FIGURES = ("optimization_history", "param_importances", "intermediate_values")
 
 def summary(study: Any) -> dict[str, float]:
     """Parent-run metrics: trial counts by outcome, `pruned_<reason>` counts and the time each reason saved."""
-    import optuna
-
     state = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if trained(t)]
@@ -46,16 +48,12 @@ def summary(study: Any) -> dict[str, float]:
 
 
 def best_trial(study: Any) -> Any:
-    import optuna
-
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return study.best_trial if complete else None
 
 
 def trial_runs(experiment_id: str, study_name: str) -> dict[int, str]:
     """trial number -> MLflow run id (the latest run of that trial number)."""
-    from rain_mlflow.tracking.runs import find_runs
-
     runs = find_runs(experiment_id, f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{TRIAL_TAG}` != ''")
     return {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in runs if r.data.tags.get(TRIAL_TAG, "").isdigit()}
 
@@ -67,8 +65,9 @@ def trials_table(study: Any, runs: dict[int, str]) -> Any:
     return frame
 
 
-def record(tracker: Any, study: Any, cfg: TuneConfig) -> dict[str, float]:
-    """Write the summary, best trial, trials.csv and figures onto the parent run; print the table."""
+def record(tracker: RunTracker, study: Any, cfg: TuneConfig) -> tuple[dict[str, float], list[str]]:
+    """Write the summary, best trial, trials.csv and figures onto the parent run; (the numbers, the trials table
+    and summary as lines)."""
     numbers = summary(study)
     tracker.log_metrics(numbers, step=0)
     runs = trial_runs(tracker.experiment_id, cfg.study)
@@ -83,17 +82,13 @@ def record(tracker: Any, study: Any, cfg: TuneConfig) -> dict[str, float]:
         tracker.log_artifact(path)
     tracker.log_dict(cfg.space.to_dict(), "space.json")
     _figures(tracker, study)
-    note = _print(study, frame, numbers, runs, cfg)
-    tracker.set_note(note)
-    return numbers
+    lines = _lines(study, numbers, runs, cfg)
+    tracker.set_note(lines[-1])
+    return numbers, lines
 
 
-def _figures(tracker: Any, study: Any) -> None:
+def _figures(tracker: RunTracker, study: Any) -> None:
     """Optuna's own matplotlib figures; one that cannot be drawn yet (too few trials) is skipped with a note."""
-    import optuna.visualization.matplotlib as figures
-
-    from rain_mlflow import plots
-
     for name in FIGURES:
         try:
             with warnings.catch_warnings():
@@ -106,14 +101,16 @@ def _figures(tracker: Any, study: Any) -> None:
             log.info("figure %s not drawn: %s", name, " ".join(str(exc).split())[:200])
 
 
-def _print(study: Any, frame: Any, numbers: dict, runs: dict[int, str], cfg: TuneConfig) -> str:
-    click.echo(f"\n{'trial':>5}  {'state':8} {cfg.metric:>9}  {'outcome':22} {'saved s':>8}  run")
+def _lines(study: Any, numbers: dict, runs: dict[int, str], cfg: TuneConfig) -> list[str]:
+    """The trials table, then one summary sentence (also the parent run's note)."""
+    lines = ["", f"{'trial':>5}  {'state':8} {cfg.metric:>9}  {'outcome':22} {'saved s':>8}  run"]
     for t in study.get_trials(deepcopy=False):
         value = f"{t.value:.4f}" if t.value is not None else "-"
         outcome = (t.user_attrs.get("pruned_by") or ("invalid config" if "invalid_config" in t.user_attrs else "")
                    or t.user_attrs.get("failed_by", "")[:22] or "")
         saved = f"{t.user_attrs['time_saved_s']:.1f}" if "time_saved_s" in t.user_attrs else "-"
-        click.echo(f"{t.number:>5}  {t.state.name:8} {value:>9}  {outcome:22} {saved:>8}  {runs.get(t.number, '-')}")
+        lines.append(f"{t.number:>5}  {t.state.name:8} {value:>9}  {outcome:22} {saved:>8}  "
+                     f"{runs.get(t.number, '-')}")
     reasons = ", ".join(f"{k[len('pruned_'):]} {int(v)}" for k, v in sorted(numbers.items())
                         if k.startswith("pruned_"))
     text = (f"study {cfg.study}: {int(numbers['n_trials'])} trials trained ({int(numbers['n_complete'])} complete, "
@@ -124,5 +121,4 @@ def _print(study: Any, frame: Any, numbers: dict, runs: dict[int, str], cfg: Tun
     if best is not None:
         text += (f". Best: trial {best.number}, {cfg.metric} {best.value:.4f}, run {runs.get(best.number, '-')} "
                  f"({', '.join(f'{k}={v}' for k, v in best.params.items())})")
-    click.echo(text)
-    return text
+    return [*lines, text]

@@ -15,17 +15,26 @@ marked FAIL and their MLflow runs ended KILLED), and several processes on one st
 
 from __future__ import annotations
 
+import datetime
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import click
+import optuna
+from sqlalchemy.exc import SQLAlchemyError
 
 from rain_mlflow.config import RunConfig
 from rain_mlflow.errors import ConfigError, UserError
+from rain_mlflow.progress import SILENT, Progress
+from rain_mlflow.tracking import liveness
+from rain_mlflow.tracking.runs import find_runs
+from rain_mlflow.tracking.tracker import end_stale_run
+from rain_mlflow.train.loop import NonFiniteLoss
+from rain_mlflow.train.run import TrainRequest, run_training
 from rain_mlflow.tune.space import Space
 
 log = logging.getLogger(__name__)
@@ -69,9 +78,6 @@ def default_storage(tracking: str) -> str:
 
 
 def open_study(cfg: TuneConfig) -> Any:
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print each trial's outcome ourselves
     pruner = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
               "none": optuna.pruners.NopPruner}[cfg.pruner]()
@@ -94,8 +100,6 @@ def _engine_kwargs(url: str) -> dict:
 
 
 def check_direction(study: Any, cfg: TuneConfig) -> None:
-    import optuna
-
     wanted = optuna.study.StudyDirection.MINIMIZE if DIRECTION[cfg.metric] == "minimize" else \
         optuna.study.StudyDirection.MAXIMIZE
     if study.direction != wanted:
@@ -113,8 +117,6 @@ class Pruning:
         self.reason: str | None = None
 
     def __call__(self, epoch: int, metrics: dict, findings: list) -> str | None:
-        import math
-
         self.epoch_times.append(float(metrics.get("epoch_time_s", 0.0)))
         value = metrics.get(self.metric)
         if value is not None and math.isfinite(value):
@@ -128,13 +130,7 @@ class Pruning:
         return self.reason
 
 
-def objective(cfg: TuneConfig) -> Any:
-    import optuna
-
-    from rain_mlflow.tracking import liveness
-    from rain_mlflow.train import run_training
-    from rain_mlflow.train.loop import NonFiniteLoss
-
+def objective(cfg: TuneConfig, progress: Progress = SILENT) -> Any:
     def run_trial(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", liveness.beat())  # who trains it: a later worker tells a kill from a peer
         values = cfg.space.sample(trial)
@@ -142,34 +138,37 @@ def objective(cfg: TuneConfig) -> Any:
             run_cfg = cfg.base.with_overrides(**values)
         except ConfigError as exc:
             trial.set_user_attr("invalid_config", str(exc))
-            click.echo(f"trial {trial.number} not trained (invalid combination): {exc}")
+            progress.line(f"trial {trial.number} not trained (invalid combination): {exc}")
             raise InvalidTrial(str(exc)) from None
         run_cfg = replace(run_cfg, train=replace(run_cfg.train, stop_on=cfg.prune_on))
-        click.echo(f"trial {trial.number} of study {cfg.study}: "
-                   + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
+        progress.line(f"trial {trial.number} of study {cfg.study}: "
+                      + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
         pruning = Pruning(trial, cfg.metric, cfg.prune_on)
         started = time.perf_counter()
         tags = {STUDY_TAG: cfg.study, TRIAL_TAG: str(trial.number)}
         try:
-            result = run_training(run_cfg, experiment=cfg.experiment, run_name=f"{cfg.study} #{trial.number}",
-                                  tags=tags, on_epoch=pruning)
+            result = run_training(run_cfg, TrainRequest(experiment=cfg.experiment,
+                                                        run_name=f"{cfg.study} #{trial.number}", tags=tags,
+                                                        on_epoch=pruning, progress=progress))
         except NonFiniteLoss as exc:
             # the run ended FAILED with `stopped_by` non_finite_loss (the contract); the study goes on
             spent = pruning.epoch_times or [(time.perf_counter() - started) / max(exc.epoch, 1)]
             remaining = run_cfg.train.train_epochs - exc.epoch + 1
-            _pruned(trial, "non_finite_loss", remaining * sum(spent) / len(spent), exc.epoch)
+            _pruned(trial, "non_finite_loss", remaining * sum(spent) / len(spent), exc.epoch, progress)
             raise optuna.TrialPruned("non_finite_loss") from None
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the run ended KILLED; a continued study trains it again
             trial.set_user_attr("failed_by", "killed")
             raise
         except UserError as exc:  # out of memory, a bad file...: this trial failed, the next may not
             trial.set_user_attr("failed_by", " ".join(str(exc).split())[:500])
-            click.echo(f"trial {trial.number} failed: {' '.join(str(exc).split())}", err=True)
+            progress.warn(f"trial {trial.number} failed: {' '.join(str(exc).split())}")
             raise
+        progress.lines(result["lines"])
         trial.set_user_attr("mlflow_run_id", result["run_id"])
         trial.set_user_attr("summary", {k: v for k, v in result.items() if isinstance(v, (int, float))})
         if pruning.reason:
-            _pruned(trial, pruning.reason, float(result.get("time_saved_s", 0.0)), result.get("epochs_completed"))
+            _pruned(trial, pruning.reason, float(result.get("time_saved_s", 0.0)), result.get("epochs_completed"),
+                    progress)
             raise optuna.TrialPruned(pruning.reason)
         # the metric at the epoch the trial's model is kept from (its best epoch by early_stop_metric)
         value = pruning.values.get(result["best_epoch"])
@@ -181,10 +180,10 @@ def objective(cfg: TuneConfig) -> Any:
     return run_trial
 
 
-def _pruned(trial: Any, reason: str, saved_s: float, epochs: Any) -> None:
+def _pruned(trial: Any, reason: str, saved_s: float, epochs: Any, progress: Progress) -> None:
     trial.set_user_attr("pruned_by", reason)
     trial.set_user_attr("time_saved_s", float(saved_s))
-    click.echo(f"trial {trial.number} pruned by {reason} after epoch {epochs}, saving about {saved_s:.1f} s")
+    progress.line(f"trial {trial.number} pruned by {reason} after epoch {epochs}, saving about {saved_s:.1f} s")
 
 
 def _short(value: Any) -> str:
@@ -193,8 +192,6 @@ def _short(value: Any) -> str:
 
 def trained(trial: Any) -> bool:
     """A trial that counts towards --n-trials: it trained (not refused, not cut short by a kill)."""
-    import optuna
-
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return trial.state in states and "invalid_config" not in trial.user_attrs and \
         trial.user_attrs.get("failed_by") != "killed"
@@ -215,12 +212,6 @@ def enough(cfg: TuneConfig) -> Any:
 
 def fail_stale_trials(study: Any, experiment_id: str, cfg: TuneConfig) -> list[int]:
     """Trials left RUNNING by a worker that is gone (killed): FAIL in Optuna, their MLflow runs ended KILLED."""
-    import optuna
-
-    from rain_mlflow.tracking import liveness
-    from rain_mlflow.tracking.runs import find_runs
-    from rain_mlflow.tracking.tracker import end_stale_run
-
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         runs = find_runs(experiment_id, f"tags.`{STUDY_TAG}` = '{cfg.study}' and tags.`{TRIAL_TAG}` = "
@@ -241,18 +232,14 @@ def fail_stale_trials(study: Any, experiment_id: str, cfg: TuneConfig) -> list[i
 
 
 def _age_s(trial: Any) -> float:
-    import datetime
-
     start = trial.datetime_start
     return (datetime.datetime.now() - start).total_seconds() if start else 0.0
 
 
-def optimize(study: Any, cfg: TuneConfig) -> None:
-    import optuna
-
+def optimize(study: Any, cfg: TuneConfig, progress: Progress = SILENT) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if sum(trained(t) for t in study.get_trials(deepcopy=False)) >= cfg.n_trials:
-        click.echo(f"study {cfg.study} already has {cfg.n_trials} trained trials; raise --n-trials to run more")
+        progress.line(f"study {cfg.study} already has {cfg.n_trials} trained trials; raise --n-trials to run more")
         return
-    study.optimize(objective(cfg), timeout=cfg.timeout_s, callbacks=[enough(cfg)],
+    study.optimize(objective(cfg, progress), timeout=cfg.timeout_s, callbacks=[enough(cfg)],
                    catch=(InvalidTrial, UserError), gc_after_trial=True)
