@@ -25,6 +25,7 @@ from rain_mlflow import __version__, cli_tools
 from rain_mlflow.config import (CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME,
                                 field_type)
 from rain_mlflow.console import ConsoleProgress, echo_lines, run
+from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.errors import UserError
 from rain_mlflow.options import Checked
 from rain_mlflow.tracking.store import tracking_uri
@@ -287,7 +288,6 @@ def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_t
             report_dir: str | None, metric_map: str, **thresholds: Any) -> None:
     """Diagnose every run of an experiment that has a per-epoch history and compare them side by side."""
     from rain_mlflow.compare.command import compare_command
-    from rain_mlflow.diagnostics.thresholds import Thresholds
 
     checked = Thresholds(**thresholds)  # a bad threshold fails before the store is opened
     sys.exit(compare_command(experiment=experiment, run_ids=run_ids, fmt=fmt, write_tags=write_tags,

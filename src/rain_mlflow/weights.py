@@ -34,6 +34,9 @@ from typing import Any
 
 from rain_mlflow.errors import CheckpointError, UserError
 
+# torch, the model and `data.io` (pandas) are imported inside the functions that use them: `presets` and the command
+# line import this module for its names, and `--help` or `compare` must start without them.
+
 CACHE_ENV = "RAIN_MLFLOW_CACHE"
 MIRROR_ENV = "RAIN_MLFLOW_WEIGHTS_MIRROR"
 OFFLINE_ENV = "RAIN_MLFLOW_OFFLINE"

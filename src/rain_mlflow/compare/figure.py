@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -39,8 +40,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def curves_png(reports: Sequence[RunReport]) -> bytes:
     """One figure: val accuracy (left) and test accuracy (right) per epoch, one colour per run, shared y axis."""
-    import io
-
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

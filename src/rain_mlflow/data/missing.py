@@ -85,7 +85,7 @@ def carry_forward(x: Any, max_fill: int, carried: Any, in_place: bool = False) -
                 fill, source = _fill_sources(gaps, max_fill)
                 np.copyto(column, np.take_along_axis(column, source, axis=-1), where=fill)
         return filled
-    import torch
+    import torch  # only torch input gets here; `clean` (numpy only) starts without torch
 
     observed = ~torch.isnan(x)
     steps = torch.arange(x.shape[-2], device=x.device)[:, None].expand(x.shape)
@@ -144,7 +144,7 @@ def model_inputs(raw: Any, mean: Any, scale: Any, policy: MissingPolicy) -> tupl
         for k, name in enumerate(policy.indicators):
             series[..., n_columns + k] = _indicator(missing, name, policy.columns)[..., 0]
         return series, missing
-    import torch
+    import torch  # only torch input gets here; `clean` (numpy only) starts without torch
 
     filled = carry_forward(raw, policy.max_fill, policy.carried)
     missing = torch.isnan(filled)

@@ -19,7 +19,7 @@ def gather(series: Any, ends: Any, window: int) -> Any:
     if isinstance(series, np.ndarray):
         offsets = np.arange(1 - window, 1)
     else:
-        import torch
+        import torch  # only torch input gets here; `clean` (numpy only) starts without torch
 
         offsets = torch.arange(1 - window, 1, device=series.device)
     return series[ends[:, None] + offsets[None, :]]

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 HEARTBEAT_TAG = "rain.heartbeat"
 STALE_AFTER = 3  # beats
 
@@ -36,8 +38,6 @@ def _boot_id() -> str:
 
 def _start_time(pid: int) -> float | None:
     """When process `pid` started (seconds since the epoch), or None if there is no such process."""
-    import psutil
-
     try:
         return round(psutil.Process(pid).create_time(), 2)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

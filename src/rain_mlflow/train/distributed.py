@@ -12,7 +12,10 @@ the few collective steps the loop needs. PyTorch's own DistributedDataParallel a
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -108,9 +111,6 @@ def shard(n: int) -> slice:
 def launch(processes: int, args: list[str]) -> int:
     """`torchrun --standalone --nproc-per-node N -m rain_mlflow ARGS` (a free rendezvous port; it dies with this
     process); its exit code. Ctrl-C / SIGTERM are passed on, so the run still ends KILLED."""
-    import signal
-    import subprocess
-
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "rain_mlflow", *args]
     process = subprocess.Popen(command, preexec_fn=_die_with_parent)
@@ -138,9 +138,6 @@ def without_option(args: list[str], name: str) -> list[str]:
 def _die_with_parent() -> None:
     """Linux: the kernel kills the launched torchrun when this process dies (even by SIGKILL)."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

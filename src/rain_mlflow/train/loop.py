@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from rain_mlflow.config import RunConfig
@@ -354,8 +355,6 @@ def parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """The model wrapped in DistributedDataParallel under torchrun (it averages the gradients); else itself."""
     if not distributed.world().distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     # find_unused_parameters: the backbone's forecasting head is part of the checkpoint but not of the classifier
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True)

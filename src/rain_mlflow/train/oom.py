@@ -15,6 +15,9 @@ from typing import Any
 import torch
 
 from rain_mlflow.errors import UserError
+from rain_mlflow.model.factory import build_classifier
+from rain_mlflow.train.estimate import memory
+from rain_mlflow.train.precision import Precision
 
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 CPU_ALLOCATOR = "can't allocate memory"
@@ -40,10 +43,6 @@ def requested_gib(message: str) -> float | None:
 
 def estimate_gib(cfg: Any, data: Any, dtype: torch.dtype | None) -> float | None:
     """The dry run's memory estimate for this config, probed on the CPU; None if even that fails."""
-    from rain_mlflow.model.factory import build_classifier
-    from rain_mlflow.train.estimate import memory
-    from rain_mlflow.train.precision import Precision
-
     try:
         model = build_classifier(cfg, data.n_vars)
         cpu = Precision(torch.device("cpu"), dtype)
