@@ -6,8 +6,8 @@ wait for another process's lock, and how long does it take compared with one pro
 
 Each process trains the `smoke` preset on the same synthetic record (different seeds) into a fresh
 `sqlite:///<tmp>/shared.db`; the script reports, per process, the exit code, the wall time and
-`rain_mlflow.tracking.store.lock_waits` (writes that met "database is locked" and were retried), then checks that every run
-is FINISHED with every per-epoch metric at every epoch. Timings on a shared machine are noisy.
+`rain_mlflow.tracking.store.lock_waits` (writes that met "database is locked" and were retried), then checks that
+every run is FINISHED with every per-epoch metric at every epoch. Timings on a shared machine are noisy.
 """
 
 from __future__ import annotations

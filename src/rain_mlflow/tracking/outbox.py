@@ -1,4 +1,4 @@
-"""A training run's writes, kept on disk in order until the tracking store has them (part of the tracking layer).
+"""A training run's writes, kept on disk in order until the tracking store has them.
 
 The training loop never waits for the store: it appends a write to the outbox (one small JSON file, written under
 a temporary name and renamed) and goes on; a background thread delivers the writes in order and deletes each one
@@ -8,11 +8,11 @@ still undelivered when the process ends (the store never came back, or the proce
 folder, and `rain-mlflow sync RUN_DIR` delivers it later.
 
 Exactly once: a write whose request reached the store but whose answer was lost is delivered again. Every write is
-therefore idempotent (`tracking.deliver`): metrics carry the timestamp they were taken at, and MLflow keeps one row
+therefore idempotent (`delivery.deliver`): metrics carry the timestamp they were taken at, and MLflow keeps one row
 per (key, step, timestamp, value); tags, params, artifacts and the end status overwrite themselves with the same
 value; the registry model is logged only when the run has none yet.
 
-This module knows nothing of MLflow: `deliver(op)` and `is_outage(exc)` come from `tracking.py`.
+This module knows nothing of MLflow: `deliver(op)` and `is_outage(exc)` come from `delivery.py`.
 """
 
 from __future__ import annotations

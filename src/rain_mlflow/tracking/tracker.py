@@ -42,7 +42,8 @@ from rain_mlflow.diagnostics.tags import diagnosis_tags, tag_changes
 from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.tracking import interrupts, liveness, private
 from rain_mlflow.tracking.datasets import data_digest
-from rain_mlflow.tracking.delivery import RUN_FILE, deliver, hold_folder, is_outage, log_model_once, run_folder, within
+from rain_mlflow.tracking.delivery import (RUN_FILE, deliver, hold_folder, is_outage, log_model_once, run_folder,
+                                           within)
 from rain_mlflow.tracking.runs import download_run_artifact
 from rain_mlflow.tracking.outbox import Outbox
 from rain_mlflow.tracking.store import reachable, retry_locked, shown, tracking_uri, use_store

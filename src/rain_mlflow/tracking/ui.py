@@ -6,7 +6,7 @@ hash router: `#/experiments/<id>/runs` (`compareRunsMode=CHART`: the chart view,
 `#/experiments/<id>/runs/<run_id>`, `#/compare-runs?runs=[...]&experiments=[...]` (JSON arrays, URL-encoded) and
 `#/models/<name>`.
 
-The experiment link also names the training view that `tracking.ensure_training_view` stores on the experiment
+The experiment link also names the training view that `experiments.ensure_training_view` stores on the experiment
 (`viewStateShareKey`, MLflow's "shared view"): the runs table then opens with `val_accuracy`, `val_f1`, `val_mcc`,
 `preset` and `diagnosis` as columns instead of only the run names.
 

@@ -1,7 +1,7 @@
 """`train --resume RUN_ID`: what may continue, with which settings, and what the run records about it.
 
 - Only a training run that is not FINISHED, has a `checkpoints/last.pt`, and is not still being trained by
-  another process (its heartbeat, `liveness.py`; `--force` overrides) can be resumed.
+  another process (its heartbeat, `tracking/liveness.py`; `--force` overrides) can be resumed.
 - Only settings that leave what already ran valid may change (`RESUMABLE_OVERRIDES`). Each resume is recorded:
   params `resume.<n>.after_epoch` and `resume.<n>.<setting>` (the new value of every setting that changed, the
   runtime device included), the tag `resume_count`, and the artifact `resume_history.json` (old and new values).
