@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -148,3 +149,37 @@ def test_the_training_file_spelled_differently_scores_only_its_test_split(promot
     changed.to_csv(tmp_path / "other.csv", index=False)
     scope, n = scored(cli, champion, str(tmp_path / "other.csv"))
     assert scope == "all windows" and n > 3 * windows_test
+
+
+FORMER_ENTRY_FILE = """from mlflow.models import set_model
+
+from rain_mlflow.model.serving import RainPyfunc
+
+set_model(RainPyfunc())
+"""
+
+
+def test_a_model_registered_with_the_former_module_path_still_loads(promoted, cli, monkeypatch, tmp_path):
+    """Models logged before the pyfunc moved to `tracking/serving.py` name `rain_mlflow.model.serving` in their
+    code file; `test` (a process that has imported this package already) still loads and scores them."""
+    from rain_mlflow.registry.loading import FORMER_SERVING_MODULE
+    from rain_mlflow.tracking import serving
+
+    uri, tmp, run = promoted
+    monkeypatch.chdir(tmp)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    best = MlflowClient().download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path))
+    entry = tmp_path / "served_model.py"
+    entry.write_text(FORMER_ENTRY_FILE)
+    window, n_columns = int(run.data.params["effective_seq_len"]), len(run.data.params["feature_columns"].split(","))
+    monkeypatch.setitem(sys.modules, FORMER_SERVING_MODULE, serving)  # logging runs the file once, as back then
+    with mlflow.start_run(experiment_id=run.info.experiment_id, run_name="former-layout"):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(entry), artifacts={"checkpoint": best},
+                                       code_paths=[str(serving.ENTRY_FILE.parents[1])],
+                                       signature=serving.signature(window, n_columns), pip_requirements=["torch"])
+    mlflow.register_model(info.model_uri, "former-layout")
+    stored = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "stored")))
+    assert [p.read_text() for p in stored.glob("*.py")] == [FORMER_ENTRY_FILE]  # what a later load runs
+    monkeypatch.delitem(sys.modules, FORMER_SERVING_MODULE)  # a fresh `test` process: only the package's modules
+    assert scored(cli, "models:/former-layout/1", "./data/clean.csv") == ("test split",
+                                                                         int(run.data.params["windows_test"]))
