@@ -17,7 +17,7 @@ import os
 import statistics
 import tempfile
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.config import POOLINGS
 
 

@@ -16,7 +16,7 @@ import torch
 
 from bench.common import Figure, interleaved, log, spread
 from bench.reference_einsum import reference_classify
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train.loop import build_optimizer
 from rain_mlflow.train.losses import build_loss

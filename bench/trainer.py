@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from bench.common import Figure, log
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 
 TRACKER_METHODS = ("_write", "end", "tags", "logged_steps", "current_diagnosis", "download_artifact", "log_model")
 

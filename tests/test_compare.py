@@ -583,7 +583,7 @@ EXPECTED_TAG_SMALL = "oscillating,val_loss_not_improving,val_test_divergence,vra
 # ---- the live diagnosis reads what compare stored -------------------------------------------------------------------
 
 def test_the_live_diagnosis_reuses_the_thresholds_stored_on_its_run(store, synthetic_csv):
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.data import load_clean
     from rain_mlflow.data.dataset import prepare
     from rain_mlflow.tracking import Tracker, connect

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.config import FIELDS, RunConfig
 from rain_mlflow.errors import ConfigError
 
@@ -80,5 +80,5 @@ def test_effective_seq_len_drops_the_oldest_remainder():
 def test_config_choices_match_the_model():
     from rain_mlflow import config, model
 
-    assert config.POOLINGS == model.POOLINGS
-    assert config.ACTIVATIONS == model.timerxl.ACTIVATIONS
+    assert config.POOLINGS is model.POOLINGS              # defined once, in the config; the model imports it
+    assert config.ACTIVATIONS is model.timerxl.ACTIVATIONS

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.clean import CleanResult
 from rain_mlflow.data.dataset import (EvalWindows, PreparedData, Split, check_degenerate, data_array,
                                       effective_window, evaluation_windows, fit_scaler, persistence_forecast,

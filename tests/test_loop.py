@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import prepare
 from rain_mlflow.model.factory import build_classifier

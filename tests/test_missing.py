@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.clean import clean
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.data.missing import SHARE_INDICATOR, carry_forward, default_max_fill

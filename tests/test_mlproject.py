@@ -45,7 +45,7 @@ def test_entry_points_are_the_commands():
 
 
 def test_every_parameter_is_an_option_and_a_config_field_or_command_option():
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
 
     for name, entry in load_project()["entry_points"].items():
         command = cli.commands[name]

@@ -321,7 +321,7 @@ def test_dry_run_reports_sizes_and_estimates_without_a_run(store, synthetic_csv,
                      "parameters", "tokens per sample", "training memory (VRAM on a GPU), batch 64", "epoch time",
                      "indicator variable(s) missing:share"):
         assert fragment in out, fragment
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.model.factory import build_classifier
 
     # 5 data columns plus the missingness indicator

@@ -7,7 +7,7 @@ import os
 import torch
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.model import TimerXL
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train import checkpoint

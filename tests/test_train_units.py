@@ -164,7 +164,7 @@ def test_realistic_gaps_reproduce_the_airport_record():
 
 
 def test_presets_command_lists_every_preset(cli):
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
 
     result = cli("presets")
     assert result.code == 0

@@ -211,7 +211,7 @@ def test_a_test_metric_and_a_field_both_fixed_and_searched_are_refused(store, cl
 def test_the_default_space_is_valid_for_every_preset():
     import optuna
 
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.tune import default_space
 
     for name in presets.names():

@@ -237,7 +237,7 @@ def test_transfer_dry_run_offline_without_weights_still_estimates(cli, store, ca
 
 
 def test_dry_run_json_for_scripts(cli, store, server, cache, synthetic_csv, released_file, tmp_path):
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.data import load_clean
     from rain_mlflow.data.dataset import prepare
 

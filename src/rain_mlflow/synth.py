@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from rain_mlflow.config.choices import SYNTH_GAPS as GAPS
 from rain_mlflow.errors import ConfigError
 
 START = "2014-01-01"
 COLUMNS = ("date", "precipitation", "temperature", "relative_humidity", "pressure", "wind_speed")
-GAPS = ("default", "realistic")
 RAIN_LEVEL = {"default": 0.95, "realistic": 2.1}  # moisture level above which it rains (2.1: ~30 % rainy days)
 # The airport record, per year of hourly data: pressure gaps (share of readings, run lengths 1-9 h mostly short),
 # whole hours lost, and how often a gust is reported.

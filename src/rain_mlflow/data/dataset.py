@@ -26,7 +26,7 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from rain_mlflow.config import DataConfig, RunConfig
-from rain_mlflow.durations import data_kind, describe_span, steps_text
+from rain_mlflow.config.durations import data_kind, describe_span, steps_text
 from rain_mlflow.data import accounting
 from rain_mlflow.data.clean import CleanResult
 from rain_mlflow.data.missing import MissingPolicy, model_inputs, still_missing

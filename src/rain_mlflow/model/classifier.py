@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rain_mlflow.config import POOLINGS
 from rain_mlflow.model.timerxl import TimerXL
-
-POOLINGS = ("last", "mean", "attention")
 
 
 class AttentionPool(nn.Module):

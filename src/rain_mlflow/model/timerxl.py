@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-ACTIVATIONS = ("relu", "gelu")
+from rain_mlflow.config import ACTIVATIONS
 ROPE_BASE = 10000.0
 NORM_EPS = 1e-5  # added to the variance inside the sqrt, as the official use_norm does
 _MAX_CACHED_LAYOUTS = 16  # distinct (C, N, device, dtype) grids kept; callers use one or two shapes

@@ -25,13 +25,13 @@ from typing import Any
 import click
 
 from rain_mlflow.config import RunConfig
+from rain_mlflow.config.choices import PRUNERS
 from rain_mlflow.errors import ConfigError, UserError
 from rain_mlflow.tune.space import Space
 
 log = logging.getLogger(__name__)
 STUDY_TAG, TRIAL_TAG = "tune.study", "tune.trial"
 DIRECTION = {"val_loss": "minimize", "val_f1": "maximize", "val_accuracy": "maximize", "val_mcc": "maximize"}
-PRUNERS = ("median", "hyperband", "none")
 JUST_STARTED_S = 300  # a RUNNING trial with no owner recorded yet is a peer's for this long
 INVALID_LIMIT = 10  # x n_trials sampled configs the config refuses before the study gives up
 
