@@ -17,6 +17,8 @@ from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.synth import synthetic_frame
 from rain_mlflow.train.baselines import GBM_SETTINGS, prepared_baselines, skill, verdict
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def small():

@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from tests import servers
 
+pytestmark = pytest.mark.server
+
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium's own connections are refused by a closed network and slow it.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -11,6 +11,8 @@ from rain_mlflow.config import DataConfig
 from rain_mlflow.data.clean import SCHEDULE_AGGREGATION, clean, summary_lines
 from rain_mlflow.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 NAN = np.nan
 
 

@@ -27,6 +27,8 @@ from rain_mlflow.diagnostics.rules import Thresholds
 from rain_mlflow.config.rules import Rule
 from rain_mlflow.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 VALUELESS = {"help", "version", "write_tags"}          # flags that take no value
 FREE_TEXT = {"na_values"}                               # any text is a valid list of NA tokens
 NOT_A_COLUMN = "no_such_column_zz"

@@ -7,6 +7,7 @@ column name", "Online migration expected to match one row"); without the write r
 
 from __future__ import annotations
 
+import pytest
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_env
 from tests.test_train import EPOCH_METRICS, histories, smoke_args
+
+pytestmark = pytest.mark.e2e
 
 
 def test_three_concurrent_smoke_trainings_on_one_sqlite_store(tmp_path, synthetic_csv):

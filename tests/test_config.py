@@ -10,6 +10,8 @@ from rain_mlflow.config import presets
 from rain_mlflow.config import FIELDS, RunConfig
 from rain_mlflow.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_every_preset_builds_and_round_trips():
     for name in presets.names():

@@ -22,6 +22,8 @@ from rain_mlflow.data.missing import (SHARE_INDICATOR, MissingPolicy, carry_forw
                                       model_inputs, still_missing)
 from rain_mlflow.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.unit
+
 HOUR = pd.Timedelta("1h")
 NAN = np.nan
 

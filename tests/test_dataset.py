@@ -17,6 +17,8 @@ from rain_mlflow.data.windows import gather, persistence, rain_labels
 from rain_mlflow.errors import ConfigError, DataError
 from rain_mlflow.synth import synthetic_frame
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def two_years():

@@ -12,6 +12,8 @@ from rain_mlflow.diagnostics import (RULES, RunHistory, Thresholds, diagnose, di
 from rain_mlflow.diagnostics.rules import format_epochs
 from rain_mlflow.errors import ConfigError, UserError
 
+pytestmark = pytest.mark.unit
+
 MLFLOW_INF = 1.7976931348623157e308  # how MLflow hands back +inf
 HOUR_MS = 3_600_000
 NOW_MS = 1_760_000_000_000

@@ -22,6 +22,8 @@ from rain_mlflow.train.loop import (Batches, NonFiniteLoss, build_optimizer, com
 from rain_mlflow.train.losses import build_loss
 from rain_mlflow.train.precision import select_precision
 
+pytestmark = pytest.mark.e2e
+
 SRC = str(Path(__file__).resolve().parents[1] / "src" / "rain_mlflow")
 CPU = torch.device("cpu")
 

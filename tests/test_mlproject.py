@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import re
 
 import click
@@ -11,6 +12,8 @@ from rain_mlflow.cli import cli
 from rain_mlflow.config import FIELDS
 from rain_mlflow.diagnostics.rules import Thresholds
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
 
 COMMAND_OPTIONS = {  # parameters that belong to a command, not to the run config
     "synth": {"output", "years", "freq", "seed", "gaps"},

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from rain_mlflow.model import POOLINGS, RainClassifier, TimerXL
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"  # copies of shared/fixtures, so a clean clone has them
 
 SMALL = dict(

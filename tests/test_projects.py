@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, run_env
 
+pytestmark = pytest.mark.e2e
+
 EXPERIMENT = "rain-timerxl"
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import re
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
 
 
 def quickstart_commands() -> list[str]:

@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 from rain_mlflow.config import MODEL_NAME
 from tests.conftest import assert_user_error
 
+pytestmark = pytest.mark.e2e
+
 EXPERIMENT = "registry"
 
 

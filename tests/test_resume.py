@@ -23,6 +23,7 @@ def foreign_beat(age_s: float) -> str:
                        "at_ms": int((time.time() - age_s) * 1000), "every_s": 30.0})
 
 
+@pytest.mark.unit
 def test_liveness_reads_the_heartbeat():
     assert liveness.owner_alive(liveness.beat()) is not None            # this very process
     assert "sent a heartbeat" in liveness.owner_alive(foreign_beat(10))
@@ -33,6 +34,7 @@ def test_liveness_reads_the_heartbeat():
     assert liveness.owner_alive(None) is None and liveness.owner_alive("not json") is None
 
 
+@pytest.mark.unit
 def test_cosine_keeps_its_horizon_and_then_stays_at_the_floor():
     lr = 1e-3
     by_hand = [COSINE_FLOOR + (lr - COSINE_FLOOR) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
@@ -40,6 +42,7 @@ def test_cosine_keeps_its_horizon_and_then_stays_at_the_floor():
     assert [lr_at(lr, "cosine", e, 4, 0, 10, 0) for e in (4, 5, 9)] == pytest.approx([COSINE_FLOOR] * 3)
 
 
+@pytest.mark.e2e
 def test_resume_with_more_epochs_keeps_the_horizon_records_changes_and_force_breaks_a_foreign_heartbeat(
         store, synthetic_csv, cli):
     process = start_training(store, synthetic_csv, "--train-epochs", "2", "--experiment", "more")

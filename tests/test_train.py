@@ -19,6 +19,8 @@ from rain_mlflow.model.factory import rain_model_from_payload
 from rain_mlflow.train import checkpoint
 from tests.conftest import REPO, assert_user_error, run_env
 
+pytestmark = pytest.mark.e2e
+
 EPOCH_METRICS = ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "val_f1", "test_f1",
                  "val_precision", "val_recall", "test_precision", "test_recall", "val_mcc", "test_mcc",
                  "val_pred_rain_fraction", "lr", "epoch_time_s", "samples_per_s", "val_windows", "test_windows")

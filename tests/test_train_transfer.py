@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 
 import torch
@@ -12,6 +13,8 @@ from rain_mlflow.model import TimerXL
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train import checkpoint
 from tests.conftest import assert_user_error
+
+pytestmark = pytest.mark.e2e
 
 
 def official_checkpoint(path, d_model: int = 32) -> dict:

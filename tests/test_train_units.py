@@ -17,6 +17,8 @@ from rain_mlflow.train.metrics import split_metrics
 from rain_mlflow.train.precision import select_device, select_precision
 from rain_mlflow.train.schedule import lr_at
 
+pytestmark = pytest.mark.unit
+
 
 def test_type1_decays_tenfold_per_epoch_as_the_official_code():
     assert [lr_at(1e-4, "type1", e, 10, 0, 100, 0) for e in range(3)] == pytest.approx([1e-4, 1e-5, 1e-6])

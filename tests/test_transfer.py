@@ -13,6 +13,8 @@ import torch
 from rain_mlflow.errors import CheckpointError, UserError
 from rain_mlflow.model import RainClassifier, TimerXL, load_pretrained_backbone, set_backbone_frozen
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"  # copies of shared/fixtures, so a clean clone has them
 
 SMALL = dict(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 from urllib.parse import parse_qs, unquote
 
 from rain_mlflow import ui
+
+pytestmark = pytest.mark.unit
 
 RUN_A, RUN_B = "a" * 32, "b" * 32
 

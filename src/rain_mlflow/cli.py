@@ -86,7 +86,7 @@ def cli() -> None:
               help="damage: default, or realistic (an airport record: 3 %% of pressure missing in short runs, "
                    "14 lost gaps of 1-5 h a year, an 83 %%-empty wind_gust column; rain within 24 h in ~30 %% of "
                    "hours)")
-def synth(output: str, years: str, freq: str, seed: str, gaps: str) -> None:
+def synth(output: str, years: float, freq: str, seed: int, gaps: str) -> None:
     """Write a deterministic synthetic station record shaped like the user's data."""
     from rain_mlflow.synth import SynthConfig, write_synthetic
 
