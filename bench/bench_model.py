@@ -14,17 +14,16 @@ import argparse
 import contextlib
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved  # noqa: E402
-from reference_einsum import reference_forecast  # noqa: E402
-
 from rain_mlflow.model import TimerXL  # noqa: E402
+from reference_einsum import reference_forecast  # noqa: E402
 
 SMALL_PRESET = dict(
     input_token_len=96, output_token_len=96, d_model=512, n_heads=8, e_layers=4, d_ff=2048,

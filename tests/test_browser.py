@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests import servers
-
 pytestmark = pytest.mark.server
 
 CHROMIUM = "/usr/bin/chromium"

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from rain_mlflow.cli import cli, main
 from rain_mlflow.config import DIAGNOSIS_FLAGS, field_type, presets, rule_of
 from rain_mlflow.config import params as types
-from rain_mlflow.diagnostics.rules import Thresholds
 from rain_mlflow.config.rules import Rule
+from rain_mlflow.diagnostics.rules import Thresholds
 from rain_mlflow.errors import ConfigError
 
 pytestmark = pytest.mark.unit

@@ -154,7 +154,8 @@ def test_compare_on_sqlite_loads_neither_pandas_nor_numpy_nor_torch_nor_mlflow(t
     probe = ("import json, sys\nfrom rain_mlflow.cli import main\n"
              "try:\n    main(['compare', '--experiment', 'rain-test', '--format', 'json'])\n"
              "except SystemExit as exc:\n    code = exc.code\n"
-             "heavy = [m for m in ('pandas', 'numpy', 'torch', 'mlflow', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+             "heavy = [m for m in ('pandas', 'numpy', 'torch', 'mlflow', 'sklearn', 'matplotlib')\n"
+             "         if m in sys.modules]\n"
              "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n")
     # the first pass writes the verdict tags (through MLflow); the measured case is the next one, nothing to write
     first = subprocess.run([sys.executable, "-m", "rain_mlflow", "compare", "--experiment", "rain-test"],

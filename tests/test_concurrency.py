@@ -7,10 +7,10 @@ column name", "Online migration expected to match one row"); without the write r
 
 from __future__ import annotations
 
-import pytest
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_env

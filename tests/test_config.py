@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 
-from rain_mlflow.config import presets
-from rain_mlflow.config import FIELDS, RunConfig
+from rain_mlflow.config import FIELDS, RunConfig, presets
 from rain_mlflow.errors import ConfigError
 
 pytestmark = pytest.mark.unit

@@ -34,7 +34,8 @@ def test_an_inconsistent_rule_is_refused(kwargs, fragment):
 
 @pytest.mark.parametrize("rule, value, broken", [
     (Rule(min=1), 0, ">= 1"), (Rule(min=1), 1, None), (Rule(gt=0.0), 0.0, "> 0.0"), (Rule(gt=0.0), 1e-9, None),
-    (Rule(max=1.0), 1.5, "<= 1.0"), (Rule(max=1.0), 1.0, None), (Rule(lt=0.5), 0.5, "< 0.5"), (Rule(lt=0.5), 0.49, None),
+    (Rule(max=1.0), 1.5, "<= 1.0"), (Rule(max=1.0), 1.0, None),
+    (Rule(lt=0.5), 0.5, "< 0.5"), (Rule(lt=0.5), 0.49, None),
 ])
 def test_broken_bound_names_the_bound_at_and_beside_it(rule, value, broken):
     assert rule.broken_bound(value) == broken
@@ -110,6 +111,6 @@ def test_each_vocabulary_is_defined_once():
     assert tune.PRUNERS is choices.PRUNERS
     assert compare.FORMATS is choices.COMPARE_FORMATS
     assert choices.TUNE_METRICS is STOP_METRICS
-    assert DIAGNOSIS_FLAGS == tuple(RULES)
+    assert tuple(RULES) == DIAGNOSIS_FLAGS
     prune_on = next(p for p in cli.commands["tune"].params if p.name == "prune_on")
     assert prune_on.default is choices.PRUNE_ON_DEFAULT  # MLproject's tune default is checked against it

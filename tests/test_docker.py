@@ -7,11 +7,11 @@ its own `config` validation runs as well. The server it describes is the `team_s
 
 from __future__ import annotations
 
-import pytest
 import re
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import REPO

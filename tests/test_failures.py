@@ -125,14 +125,14 @@ def test_the_failure_path_keeps_the_error_when_the_store_dies_mid_run(tmp_path, 
             monkeypatch.delenv(key, raising=False)
         bound_http_retries()
         connect("dies")
-        with pytest.raises(ValueError, match="the real problem"):
-            with Tracker.start("train", run_name="doomed") as tracker:
-                tracker.log_metrics({"val_loss": 0.5}, step=1)
-                run_id = tracker.run_id
-                server.kill()
-                server.wait(timeout=30)
-                started = time.monotonic()
-                raise ValueError("the real problem")
+        with pytest.raises(ValueError, match="the real problem"), \
+                Tracker.start("train", run_name="doomed") as tracker:
+            tracker.log_metrics({"val_loss": 0.5}, step=1)
+            run_id = tracker.run_id
+            server.kill()
+            server.wait(timeout=30)
+            started = time.monotonic()
+            raise ValueError("the real problem")
         assert time.monotonic() - started < 60   # bounded retries, not MLflow's ~4 minutes per request
     finally:
         if server.poll() is None:

@@ -17,8 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow.config import presets
-from rain_mlflow.config import DataConfig, RunConfig
+from rain_mlflow.config import DataConfig, RunConfig, presets
 from rain_mlflow.data import load_clean
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.errors import ConfigError

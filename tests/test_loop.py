@@ -17,8 +17,7 @@ from rain_mlflow.data.dataset import prepare
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train import checkpoint
 from rain_mlflow.train.estimate import saved_activation_bytes
-from rain_mlflow.train.loop import (Batches, NonFiniteLoss, build_optimizer, compile_or_eager, fit,
-                                    train_one_epoch)
+from rain_mlflow.train.loop import Batches, NonFiniteLoss, build_optimizer, compile_or_eager, fit, train_one_epoch
 from rain_mlflow.train.losses import build_loss
 from rain_mlflow.train.precision import select_precision
 

@@ -108,7 +108,7 @@ def test_no_value_after_t_changes_the_input_of_the_window_ending_at_t(realistic,
             assert other.features == data.features
             # which windows are usable changes only through labels, i.e. never for a window whose label
             # horizon ended by t
-            settled = lambda e: e[e + data.horizon <= end]  # noqa: E731
+            settled = lambda e, end=end: e[e + data.horizon <= end]  # noqa: E731
             np.testing.assert_array_equal(settled(other.splits[split].ends), settled(ends))
 
 

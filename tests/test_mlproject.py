@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import re
 
 import click
+import pytest
 import yaml
 
 from rain_mlflow.cli import cli

@@ -6,9 +6,9 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from rain_mlflow import liveness, presets
@@ -66,7 +66,7 @@ def test_resume_with_more_epochs_keeps_the_horizon_records_changes_and_force_bre
     assert params["train_epochs"] == "2"                                 # as the run started
     assert params["resume.1.after_epoch"] == "1" and params["resume.1.train_epochs"] == "3"
     assert params["resume.1.schedule_epochs"] == "2" and run.data.tags["resume_count"] == "1"
-    history = json.loads(open(client.download_artifacts(run_id, "resume_history.json", os.getcwd())).read())
+    history = json.loads(Path(client.download_artifacts(run_id, "resume_history.json", os.getcwd())).read_text())
     assert history[0]["changed"]["train_epochs"] == [2, 3] and "horizon of 2" in history[0]["schedule"]
     lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
     peak = presets.build("smoke").train.learning_rate

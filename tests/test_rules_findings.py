@@ -15,9 +15,18 @@ import time
 import pytest
 
 from rain_mlflow.diagnostics import RunHistory, Thresholds, diagnose, diagnosis_tag, noise_floor, skipped
-from rain_mlflow.diagnostics.rules import (Finding, class_collapse, dead_run, non_finite_loss, oscillating, stalled,
-                                           val_loss_not_improving, val_test_divergence, validate_flags,
-                                           vram_over_budget)
+from rain_mlflow.diagnostics.rules import (
+    Finding,
+    class_collapse,
+    dead_run,
+    non_finite_loss,
+    oscillating,
+    stalled,
+    val_loss_not_improving,
+    val_test_divergence,
+    validate_flags,
+    vram_over_budget,
+)
 from rain_mlflow.errors import UserError
 
 pytestmark = pytest.mark.unit

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,13 +146,13 @@ def test_artifacts_are_present_and_loadable(trained):
     windows = {split: int(run.data.params[f"windows_{split}"]) for split in ("val", "test")}
     for epoch in range(1, EPOCHS + 1):
         matrices = client.download_artifacts(run_id, f"confusion_matrices/epoch_{epoch:03d}.json", str(tmp))
-        content = json.loads(open(matrices).read())
+        content = json.loads(Path(matrices).read_text())
         for split in ("val", "test"):
             assert np.array(content[split]).shape == (2, 2)
             assert np.array(content[split]).sum() == windows[split]
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert plots == {"plots/learning_curves.png", "plots/confusion_best_epoch.png"}
-    config = json.loads(open(client.download_artifacts(run_id, "config.json", str(tmp))).read())
+    config = json.loads(Path(client.download_artifacts(run_id, "config.json", str(tmp))).read_text())
     assert RunConfig.from_dict(config).preset == "smoke"
 
     best = checkpoint.load(client.download_artifacts(run_id, "checkpoints/best.pt", str(tmp)))

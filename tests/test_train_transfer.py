@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import os
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 

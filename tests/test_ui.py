@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import json
 from urllib.parse import parse_qs, unquote
+
+import pytest
 
 from rain_mlflow import ui
 

@@ -238,8 +238,8 @@ def test_transfer_dry_run_offline_without_weights_still_estimates(cli, store, ca
             f"{cache / 'weights' / 'timer-xl-260b.pth'}") in result.out
     # 67,409,122 with 5 variables (docs/model.md); the record's gaps add one indicator variable, and the
     # last-token head has d_model x 2 = 2,048 weights per variable
-    for fragment in (f"{67_409_122 + 1024 * 2:,} parameters", "training memory (VRAM on a GPU), batch 16", "epoch time on cpu",
-                     "budget 7 GB"):
+    for fragment in (f"{67_409_122 + 1024 * 2:,} parameters", "training memory (VRAM on a GPU), batch 16",
+                     "epoch time on cpu", "budget 7 GB"):
         assert fragment in result.out, fragment
     assert cached_files(cache) == [] and not (tmp_path / "mlflow.db").exists()
 

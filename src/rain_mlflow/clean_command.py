@@ -14,8 +14,8 @@ from rain_mlflow.config import DataConfig
 from rain_mlflow.data import accounting, load_clean
 from rain_mlflow.data.clean import summary_lines
 from rain_mlflow.data.dataset import window_accounting
-from rain_mlflow.data.timing import time_line, time_params, time_settings
 from rain_mlflow.data.io import write_csv_atomic, write_json_atomic
+from rain_mlflow.data.timing import time_line, time_params, time_settings
 from rain_mlflow.tracking import Tracker, connect
 
 CLEAN_SETTINGS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq", "max_fill",

@@ -19,11 +19,34 @@ import click
 
 from rain_mlflow import __version__, interrupts
 from rain_mlflow.config import CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME
-from rain_mlflow.config.choices import (COMPARE_FORMATS, DRY_RUN_FORMATS, PRUNE_ON_DEFAULT, PRUNERS, SYNTH_GAPS,
-                                        TUNE_METRICS)
-from rain_mlflow.config.params import (Alias, DiagnosisFlags, Duration, Flag, Frequency, InputFile, Integer,
-                                       MetricMap, ModelUri, Number, OutputDir, OutputFile, PresetName, RunId, RunIds,
-                                       Setting, Text, Threshold)
+from rain_mlflow.config.choices import (
+    COMPARE_FORMATS,
+    DRY_RUN_FORMATS,
+    PRUNE_ON_DEFAULT,
+    PRUNERS,
+    SYNTH_GAPS,
+    TUNE_METRICS,
+)
+from rain_mlflow.config.params import (
+    Alias,
+    DiagnosisFlags,
+    Duration,
+    Flag,
+    Frequency,
+    InputFile,
+    Integer,
+    MetricMap,
+    ModelUri,
+    Number,
+    OutputDir,
+    OutputFile,
+    PresetName,
+    RunId,
+    RunIds,
+    Setting,
+    Text,
+    Threshold,
+)
 from rain_mlflow.config.params import Choice as OneOf
 from rain_mlflow.errors import UserError
 from rain_mlflow.weights import DEFAULT_RELEASE
@@ -181,7 +204,8 @@ def train(preset: str | None, resume: str | None, reschedule: bool, force: bool,
               help="validation metric the study optimises (at each trial's best epoch)")
 @click.option("--prune-on", "--prune_on", "prune_on", default=PRUNE_ON_DEFAULT, show_default=True, metavar="FLAGS",
               type=DiagnosisFlags("prune_on"), help="diagnosis flags that prune a trial at once")
-@click.option("--pruner", default="median", show_default=True, type=OneOf("pruner", PRUNERS), help="Optuna's pruner on the reported metric")
+@click.option("--pruner", default="median", show_default=True, type=OneOf("pruner", PRUNERS),
+              help="Optuna's pruner on the reported metric")
 @click.option("--study", default=None, type=Text("study", pattern=r"[\w.-]+",
                                                   pattern_text="letters, digits, '_', '-' or '.'"),
               help="study name; the same name on the same storage continues it [default: PRESET-DATE-TIME]")
@@ -410,12 +434,12 @@ def promote(experiment: str | None, model_name: str, metric: str, alias: str, al
               type=Number("vram_peak_gb", gt=0, optional=True),
               help="the peak VRAM you saw, for logs that print none (logged at every epoch)")
 def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | None, preset: str | None,
-               run_name: str | None, vram_budget_gb: str | None, vram_peak_gb: str | None) -> None:
+               run_name: str | None, vram_budget_gb: float | None, vram_peak_gb: float | None) -> None:
     """Turn OpenLTM run.py classification logs into FINISHED MLflow runs (one per log) that compare reads."""
     from rain_mlflow.import_log import import_logs
 
-    import_logs([*logfiles, *([log] if log else [])], experiment=experiment, preset=preset or None, run_name=run_name or None,
-                vram_budget_gb=vram_budget_gb, vram_peak_gb=vram_peak_gb)
+    import_logs([*logfiles, *([log] if log else [])], experiment=experiment, preset=preset or None,
+                run_name=run_name or None, vram_budget_gb=vram_budget_gb, vram_peak_gb=vram_peak_gb)
 
 
 @cli.command("sync")

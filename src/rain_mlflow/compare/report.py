@@ -10,11 +10,21 @@ from statistics import fmean
 from typing import Any
 
 from rain_mlflow.compare.histories import ReadRun
-from rain_mlflow.config.choices import COMPARE_FORMATS as FORMATS
-from rain_mlflow.diagnostics import (RULE_NEEDS, Finding, RunHistory, Thresholds, diagnose, diagnosis_tag,
-                                     diagnosis_tags, is_finite, skipped)
+from rain_mlflow.config.choices import COMPARE_FORMATS
+from rain_mlflow.diagnostics import (
+    RULE_NEEDS,
+    Finding,
+    RunHistory,
+    Thresholds,
+    diagnose,
+    diagnosis_tag,
+    diagnosis_tags,
+    is_finite,
+    skipped,
+)
 from rain_mlflow.diagnostics.text import format_duration
 
+FORMATS = COMPARE_FORMATS  # the renderers below, one per format
 
 @dataclass(frozen=True)
 class RunReport:

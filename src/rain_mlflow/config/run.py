@@ -101,7 +101,7 @@ class DataConfig:
 
     def in_steps(self, step: pd.Timedelta) -> DataConfig:
         """This config with every time setting a step count of `step` (and max_fill's default filled in)."""
-        steps = {name: steps_of(name, getattr(self, name), step, int(rule_of(name).min or 0))
+        steps: dict[str, Any] = {name: steps_of(name, getattr(self, name), step, int(rule_of(name).min or 0))
                  for name in TIME_FIELDS if getattr(self, name) is not None}
         if self.max_fill is None:
             import pandas as pd
@@ -112,6 +112,23 @@ class DataConfig:
     @property
     def resolved(self) -> bool:
         return all(isinstance(getattr(self, name), int) for name in TIME_FIELDS)
+
+    # The time settings of a resolved config (`in_steps`), as the step counts everything downstream computes with.
+    @property
+    def seq_len_steps(self) -> int:
+        return _steps("seq_len", self.seq_len)
+
+    @property
+    def horizon_steps(self) -> int:
+        return _steps("horizon", self.horizon)
+
+    @property
+    def window_stride_steps(self) -> int:
+        return _steps("window_stride", self.window_stride)
+
+    @property
+    def max_fill_steps(self) -> int:
+        return _steps("max_fill", self.max_fill)
 
 
 @dataclass(frozen=True)
@@ -215,10 +232,8 @@ class RunConfig:
     @property
     def effective_seq_len(self) -> int:
         """The window length actually fed to the model: the oldest remainder steps are dropped."""
-        if not isinstance(self.data.seq_len, int):
-            raise ConfigError(f"seq_len {self.data.seq_len!r} is a duration: resolve the config against the "
-                              "data's time step first (RunConfig.in_steps)")
-        return self.data.seq_len - self.data.seq_len % self.model.input_token_len
+        seq_len = self.data.seq_len_steps
+        return seq_len - seq_len % self.model.input_token_len
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A new config with fields replaced by name; unknown names and bad values raise ConfigError."""
@@ -302,6 +317,13 @@ def coerce(name: str, value: Any) -> Any:
         return tuple(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    return value
+
+
+def _steps(name: str, value: int | str | None) -> int:
+    if not isinstance(value, int):
+        raise ConfigError(f"{name} {value!r} is a duration: resolve the config against the data's time step first "
+                          "(RunConfig.in_steps)")
     return value
 
 

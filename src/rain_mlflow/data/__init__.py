@@ -8,6 +8,7 @@ from rain_mlflow.config import SYNTHETIC, DataConfig
 from rain_mlflow.data.clean import CleanResult, clean
 from rain_mlflow.data.io import read_csv
 
+
 def load_raw(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
     """The raw record and a description of where it came from (a path, or the synthetic generator)."""
     if cfg.data == SYNTHETIC:

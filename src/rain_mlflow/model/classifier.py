@@ -84,6 +84,7 @@ class RainClassifier(nn.Module):
         tokens = features.flatten(1, 2)  # [B, C * N, D]
         if self.pooling == "mean":
             return tokens.mean(dim=1)
+        assert self.attention_pool is not None  # built for pooling == "attention"
         return self.attention_pool(tokens)
 
     def _check_input(self, x: Tensor) -> None:
