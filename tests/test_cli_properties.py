@@ -121,11 +121,11 @@ def field_values(name: str, workdir: Path) -> st.SearchStrategy[str]:
 
 
 def text_values(text: types.Text) -> st.SearchStrategy[str]:
-    """Blank names (unless '' means "not given"), and names outside the type's pattern."""
+    """Blank names, and names outside the type's pattern (compared stripped, as the type compares them)."""
     bad = [st.sampled_from(["", "   "])]  # where '' means "not given", the command refuses a missing value
     if text.rule.pattern is not None:
         bad.append(st.text(min_size=1, max_size=12).filter(
-            lambda t: bool(t.strip()) and not re.fullmatch(text.rule.pattern, t)))
+            lambda t: bool(t.strip()) and not re.fullmatch(text.rule.pattern, t.strip())))
     return st.one_of(bad)
 
 

@@ -18,7 +18,15 @@ from typing import Any
 import click
 
 from rain_mlflow import __version__, interrupts
-from rain_mlflow.config import CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME
+from rain_mlflow.config import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_URI,
+    DIAGNOSIS_FLAGS,
+    FIELD_SECTION,
+    FIELDS,
+    MODEL_NAME,
+    params,
+)
 from rain_mlflow.config.choices import (
     COMPARE_FORMATS,
     DRY_RUN_FORMATS,
@@ -27,31 +35,10 @@ from rain_mlflow.config.choices import (
     SYNTH_GAPS,
     TUNE_METRICS,
 )
-from rain_mlflow.config.params import (
-    Alias,
-    DiagnosisFlags,
-    Duration,
-    Flag,
-    Frequency,
-    InputFile,
-    Integer,
-    MetricMap,
-    ModelUri,
-    Number,
-    OutputDir,
-    OutputFile,
-    PresetName,
-    RunId,
-    RunIds,
-    Setting,
-    Text,
-    Threshold,
-)
-from rain_mlflow.config.params import Choice as OneOf
 from rain_mlflow.errors import UserError
 from rain_mlflow.weights import DEFAULT_RELEASE
 
-EXPERIMENT = Text("experiment")
+EXPERIMENT = params.Text("experiment")
 BOOL = "BOOL"
 
 DATA_FIELDS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq",
@@ -66,7 +53,7 @@ def config_options(names: Iterable[str]) -> Callable:
     """Add one option per config field: `--seq-len` / `--seq_len`, checked with the field's own rule."""
     def decorate(command: Callable) -> Callable:
         for name in reversed(list(names)):
-            setting = Setting(name)
+            setting = params.Setting(name)
             help_text = FIELDS[name].metadata["help"]
             extra: dict[str, Any] = {}
             if setting.base is bool:  # usable bare (`--use-norm`) or with a value (`--use_norm false`)
@@ -96,16 +83,16 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--output", default="data/synthetic.csv", show_default=True, type=OutputFile("output"),
+@click.option("--output", default="data/synthetic.csv", show_default=True, type=params.OutputFile("output"),
               help="CSV file to write")
-@click.option("--years", default="11", show_default=True, metavar="NUM", type=Number("years", gt=0),
+@click.option("--years", default="11", show_default=True, metavar="NUM", type=params.Number("years", gt=0),
               help="length of the record in years")
-@click.option("--freq", default="1h", show_default=True, type=Frequency("freq"),
+@click.option("--freq", default="1h", show_default=True, type=params.Frequency("freq"),
               help="time step (pandas frequency: 1h, 3h, 30min...)")
-@click.option("--seed", default="0", show_default=True, metavar="INT", type=Integer("seed", min=0),
+@click.option("--seed", default="0", show_default=True, metavar="INT", type=params.Integer("seed", min=0),
               help="random seed (same seed, same file)")
 @click.option("--gaps", default="default", show_default=True, metavar="default|realistic",
-              type=OneOf("gaps", SYNTH_GAPS),
+              type=params.Choice("gaps", SYNTH_GAPS),
               help="damage: default, or realistic (an airport record: 3 %% of pressure missing in short runs, "
                    "14 lost gaps of 1-5 h a year, an 83 %%-empty wind_gust column; rain within 24 h in ~30 %% of "
                    "hours)")
@@ -122,9 +109,9 @@ def synth(output: str, years: float, freq: str, seed: int, gaps: str) -> None:
 
 @cli.command()
 @config_options(CLEAN_FIELDS)
-@click.option("--output", default="data/clean.csv", show_default=True, type=OutputFile("output"),
+@click.option("--output", default="data/clean.csv", show_default=True, type=params.OutputFile("output"),
               help="cleaned CSV to write")
-@click.option("--report", "report_path", default=None, type=OutputFile("report"),
+@click.option("--report", "report_path", default=None, type=params.OutputFile("report"),
               help="JSON report to write [default: <output>.report.json]")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
@@ -142,29 +129,29 @@ def clean(output: str, report_path: str | None, experiment: str | None, **option
 
 
 @cli.command()
-@click.option("--preset", default=None, type=PresetName(),
+@click.option("--preset", default=None, type=params.PresetName(),
               help="named configuration (see `rain-mlflow presets`) [default: small]")
 @config_options(FIELDS)
-@click.option("--resume", default=None, metavar="RUN_ID", type=RunId("resume"),
+@click.option("--resume", default=None, metavar="RUN_ID", type=params.RunId("resume"),
               help="continue this killed run from its last epoch")
 @click.option("--reschedule", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Flag("reschedule"),
+              type=params.Flag("reschedule"),
               help="with --resume and a new --train-epochs: spread the LR schedule over the new number of epochs "
                    "(default: keep the original horizon)")
 @click.option("--force", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Flag("force"),
+              type=params.Flag("force"),
               help="with --resume: continue even if the run's trainer still looks alive (it is known to be gone)")
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=False, flag_value="true", default="false",
-              metavar=BOOL, type=Flag("dry_run"),
+              metavar=BOOL, type=params.Flag("dry_run"),
               help="resolve and estimate (sizes, VRAM, epoch time) without training")
 @click.option("--format", "--fmt", "fmt", default="text", metavar="text|json",
-              type=OneOf("format", DRY_RUN_FORMATS),
+              type=params.Choice("format", DRY_RUN_FORMATS),
               help="with --dry-run: json prints one JSON object (config, windows, estimates, weights) for scripts")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--run-name", "--run_name", "run_name", default=None, type=Text("run_name"),
+@click.option("--run-name", "--run_name", "run_name", default=None, type=params.Text("run_name"),
               help="MLflow run name [default: the preset]")
-@click.option("--devices", default="1", show_default=True, metavar="INT", type=Integer("devices", min=1),
+@click.option("--devices", default="1", show_default=True, metavar="INT", type=params.Integer("devices", min=1),
               help="train with N processes (one per GPU; gloo on CPU): launches `torchrun --nproc-per-node N`")
 def train(preset: str | None, resume: str | None, reschedule: bool, force: bool, dry_run: bool, fmt: str,
           experiment: str | None, run_name: str | None, devices: int, **options: Any) -> None:
@@ -191,25 +178,25 @@ def train(preset: str | None, resume: str | None, reschedule: bool, force: bool,
 
 
 @cli.command()
-@click.option("--preset", default=None, type=PresetName(),
+@click.option("--preset", default=None, type=params.PresetName(),
               help="configuration the trials start from; the space changes some of its fields [default: small]")
 @config_options(FIELDS)
-@click.option("--space", default=None, metavar="FILE", type=InputFile("space"),
+@click.option("--space", default=None, metavar="FILE", type=params.InputFile("space"),
               help="YAML or JSON search space (docs/tuning.md) [default: the seeds' knobs around the preset]")
 @click.option("--n-trials", "--n_trials", "n_trials", default="20", show_default=True, metavar="INT",
-              type=Integer("n_trials", min=1), help="trained trials in the study (all workers together)")
-@click.option("--timeout", default="", metavar="DURATION", type=Duration("timeout", optional=True),
+              type=params.Integer("n_trials", min=1), help="trained trials in the study (all workers together)")
+@click.option("--timeout", default="", metavar="DURATION", type=params.Duration("timeout", optional=True),
               help="stop starting trials after this long (3600, 90min, 2h) [default: no limit]")
-@click.option("--metric", default="val_mcc", show_default=True, type=OneOf("metric", TUNE_METRICS),
+@click.option("--metric", default="val_mcc", show_default=True, type=params.Choice("metric", TUNE_METRICS),
               help="validation metric the study optimises (at each trial's best epoch)")
 @click.option("--prune-on", "--prune_on", "prune_on", default=PRUNE_ON_DEFAULT, show_default=True, metavar="FLAGS",
-              type=DiagnosisFlags("prune_on"), help="diagnosis flags that prune a trial at once")
-@click.option("--pruner", default="median", show_default=True, type=OneOf("pruner", PRUNERS),
+              type=params.DiagnosisFlags("prune_on"), help="diagnosis flags that prune a trial at once")
+@click.option("--pruner", default="median", show_default=True, type=params.Choice("pruner", PRUNERS),
               help="Optuna's pruner on the reported metric")
-@click.option("--study", default=None, type=Text("study", pattern=r"[\w.-]+",
+@click.option("--study", default=None, type=params.Text("study", pattern=r"[\w.-]+",
                                                   pattern_text="letters, digits, '_', '-' or '.'"),
               help="study name; the same name on the same storage continues it [default: PRESET-DATE-TIME]")
-@click.option("--storage", default=None, type=Text("storage"),
+@click.option("--storage", default=None, type=params.Text("storage"),
               help="Optuna storage URL (postgresql://... shares a study between machines) "
                    "[default: sqlite optuna.db beside the MLflow sqlite store, else in this folder]")
 @click.option("--experiment", default=None, type=EXPERIMENT,
@@ -301,7 +288,7 @@ def _remote_weights(name: str) -> Any:
 
 @cli.command()
 @click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
-              type=ModelUri("model_uri"), help="models:/NAME@ALIAS, a training run id, or a checkpoint path")
+              type=params.ModelUri("model_uri"), help="models:/NAME@ALIAS, a training run id, or a checkpoint path")
 @config_options(DATA_FIELDS)
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
@@ -325,7 +312,7 @@ def threshold_options(command: Callable | None = None, *, stored_default: bool =
             default = None if stored_default else f.default
             help_text = (f"diagnosis threshold {f.name} [default: the run's stored one, else {f.default}]"
                          if stored_default else f"diagnosis threshold {f.name}")
-            command = click.option(dashed, f"--{f.name}", f.name, type=Threshold(f.name), default=default,
+            command = click.option(dashed, f"--{f.name}", f.name, type=params.Threshold(f.name), default=default,
                                    show_default=not stored_default, help=help_text)(command)
         return command
     return decorate(command) if command is not None else decorate
@@ -338,18 +325,18 @@ METRIC_MAP_HELP = ("read other metric names as ours: SOURCE=TARGET items and the
 @cli.command()
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="experiment to read [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--run-ids", "--run_ids", "run_ids", default=None, metavar="ID,ID", type=RunIds("run_ids"),
+@click.option("--run-ids", "--run_ids", "run_ids", default=None, metavar="ID,ID", type=params.RunIds("run_ids"),
               help="only these runs")
-@click.option("--format", "--fmt", "fmt", type=OneOf("format", COMPARE_FORMATS), default="table",
+@click.option("--format", "--fmt", "fmt", type=params.Choice("format", COMPARE_FORMATS), default="table",
               show_default=True)
 @click.option("--write-tags/--no-write-tags", default=True, show_default=True,
               help="write the diagnosis tags onto the runs (the MLflow UI shows them)")
-@click.option("--fail-on", "--fail_on", "fail_on", default="", metavar="FLAGS", type=DiagnosisFlags("fail_on"),
+@click.option("--fail-on", "--fail_on", "fail_on", default="", metavar="FLAGS", type=params.DiagnosisFlags("fail_on"),
               help=f"exit 1 when one of these flags fires ({', '.join(DIAGNOSIS_FLAGS)})")
-@click.option("--report", "report_dir", default=None, metavar="DIR", type=OutputDir("report"),
+@click.option("--report", "report_dir", default=None, metavar="DIR", type=params.OutputDir("report"),
               help="write report.md and curves.png here")
 @click.option("--metric-map", "--metric_map", "metric_map", default="", metavar="MAP",
-              type=MetricMap("metric_map"), help=METRIC_MAP_HELP)
+              type=params.MetricMap("metric_map"), help=METRIC_MAP_HELP)
 @threshold_options
 def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_tags: bool, fail_on: list[str],
             report_dir: str | None, metric_map: str, **thresholds: Any) -> None:
@@ -391,19 +378,19 @@ def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_t
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="experiment to choose from [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 @click.option("--model-name", "--model_name", "model_name", default=MODEL_NAME, show_default=True,
-              type=Text("model_name"))
-@click.option("--metric", default="val_f1", show_default=True, type=Text("metric"),
+              type=params.Text("model_name"))
+@click.option("--metric", default="val_f1", show_default=True, type=params.Text("metric"),
               help="validation metric (val_*) compared at each run's best epoch")
-@click.option("--alias", default=CHAMPION_ALIAS, show_default=True, type=Alias("alias"))
+@click.option("--alias", default=CHAMPION_ALIAS, show_default=True, type=params.Alias("alias"))
 @click.option("--allow-flagged", "--allow_flagged", "allow_flagged", is_flag=False, flag_value="true",
-              default="false", metavar=BOOL, type=Flag("allow_flagged"),
+              default="false", metavar=BOOL, type=params.Flag("allow_flagged"),
               help="also consider runs with diagnosis flags")
 @click.option("--allow-test-metric", "--allow_test_metric", "allow_test_metric", is_flag=False, flag_value="true",
-              default="false", metavar=BOOL, type=Flag("allow_test_metric"),
+              default="false", metavar=BOOL, type=params.Flag("allow_test_metric"),
               help="allow a test_* --metric (choosing on the test set makes its score optimistic)")
-@click.option("--run-id", "--run_id", "run_id", default=None, type=RunId("run_id"),
+@click.option("--run-id", "--run_id", "run_id", default=None, type=params.RunId("run_id"),
               help="promote this run instead of choosing one")
-@click.option("--study", default=None, type=Text("study"),
+@click.option("--study", default=None, type=params.Text("study"),
               help="choose only among the trials of this `tune` study")
 @threshold_options(stored_default=True)
 def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
@@ -419,19 +406,19 @@ def promote(experiment: str | None, model_name: str, metric: str, alias: str, al
 
 @cli.command("import-log")
 @click.argument("logfiles", nargs=-1, metavar="LOGFILE...")
-@click.option("--log", "log", default=None, metavar="LOGFILE", type=InputFile("log"),
+@click.option("--log", "log", default=None, metavar="LOGFILE", type=params.InputFile("log"),
               help="one more log file (the spelling `mlflow run -e import-log -P log=...` uses)")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--preset", default=None, type=Text("preset"),
+@click.option("--preset", default=None, type=params.Text("preset"),
               help="preset the logged run used (a label: tag `preset`)")
-@click.option("--run-name", "--run_name", "run_name", default=None, type=Text("run_name"),
+@click.option("--run-name", "--run_name", "run_name", default=None, type=params.Text("run_name"),
               help="run name [default: the log's file name]")
 @click.option("--vram-budget-gb", "--vram_budget_gb", "vram_budget_gb", default=None, metavar="NUM",
-              type=Number("vram_budget_gb", gt=0, optional=True),
+              type=params.Number("vram_budget_gb", gt=0, optional=True),
               help="the run's VRAM budget (param vram_budget_gb), e.g. 7 for transfer, 5 for small")
 @click.option("--vram-peak-gb", "--vram_peak_gb", "vram_peak_gb", default=None, metavar="NUM",
-              type=Number("vram_peak_gb", gt=0, optional=True),
+              type=params.Number("vram_peak_gb", gt=0, optional=True),
               help="the peak VRAM you saw, for logs that print none (logged at every epoch)")
 def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | None, preset: str | None,
                run_name: str | None, vram_budget_gb: float | None, vram_peak_gb: float | None) -> None:
@@ -445,7 +432,7 @@ def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | Non
 @cli.command("sync")
 @click.argument("folder", required=False, metavar="RUN_FOLDER")
 @click.option("--run-folder", "--run_folder", "run_folder", default="", metavar="RUN_FOLDER",
-              type=Text("run_folder", optional=True),
+              type=params.Text("run_folder", optional=True),
               help="the run folder (the spelling `mlflow run -e sync -P run_folder=...` uses)")
 def sync(folder: str | None, run_folder: str | None) -> None:
     """Deliver the writes a training run kept locally during a tracking outage (RUN_FOLDER: rain-runs/<run id>)."""
@@ -462,11 +449,11 @@ def sync(folder: str | None, run_folder: str | None) -> None:
 
 
 @cli.command("main")
-@click.option("--preset", default="smoke", show_default=True, type=PresetName(),
+@click.option("--preset", default="smoke", show_default=True, type=params.PresetName(),
               help="preset trained by the pipeline")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--workdir", default="outputs", show_default=True, type=OutputDir("workdir"),
+@click.option("--workdir", default="outputs", show_default=True, type=params.OutputDir("workdir"),
               help="where the synthetic and cleaned CSVs go")
 def main_command(preset: str, experiment: str | None, workdir: str) -> None:
     """The whole pipeline on the embedded defaults: synth, clean, train, test, compare, promote."""
@@ -477,9 +464,9 @@ def main_command(preset: str, experiment: str | None, workdir: str) -> None:
 
 @cli.command("bench")
 @click.option("--quick", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Flag("quick"), help="small shapes and few repetitions (CI); never fails on timing")
+              type=params.Flag("quick"), help="small shapes and few repetitions (CI); never fails on timing")
 @click.option("--gpu", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Flag("gpu"), help="also measure the CUDA section (epoch time, peak VRAM, MFU)")
+              type=params.Flag("gpu"), help="also measure the CUDA section (epoch time, peak VRAM, MFU)")
 def bench_command(quick: bool, gpu: bool) -> None:
     """Every benchmark side by side: one table, figures in bench/results.json (needs a source checkout)."""
     import subprocess

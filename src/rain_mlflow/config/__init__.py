@@ -8,6 +8,15 @@
 - `choices`: the fixed vocabularies of the commands (formats, pruners, ...).
 - `params`: the click parameter types of the command line, derived from the same rules.
 
+A new setting is one field; its `train` / `clean` / `test` option (both spellings), MLproject pass-through, CLI check
+and config check all follow from it:
+
+    max_gap_hours: float = _f(6.0, "longest gap bridged, in hours", min=0.0)
+
+A command option that is not a setting takes a type from `params` with its rule as arguments:
+
+    @click.option("--top", default="5", type=params.Integer("top", min=1), help="runs to show")
+
 Importing this package stays light (no pandas, no click): `compare` starts without them.
 """
 

@@ -92,9 +92,10 @@ class Text(click.types.StringParamType):
             if self.optional:
                 return ""
             _refuse(self.field, "a non-empty name", value)
-        if self.rule.pattern is not None and not re.fullmatch(self.rule.pattern, value):
+        text = value.strip()
+        if self.rule.pattern is not None and not re.fullmatch(self.rule.pattern, text):
             _refuse(self.field, str(self.rule.pattern_text), value)
-        return value.strip()
+        return text
 
 
 class _Bounded:
