@@ -135,7 +135,7 @@ def start_server(db_uri: str, workdir: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = open(workdir / "server.log", "w")
+    log = open(workdir / "server.log", "w")  # noqa: SIM115 (the server writes it for as long as it runs)
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db_uri, "--artifacts-destination",
          str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

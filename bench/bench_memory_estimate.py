@@ -22,7 +22,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import prepare
 from rain_mlflow.model.factory import build_classifier

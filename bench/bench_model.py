@@ -14,8 +14,8 @@ import argparse
 import contextlib
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

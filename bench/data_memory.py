@@ -28,7 +28,7 @@ def status(key):
 def reset_peak():
     Path("/proc/self/clear_refs").write_text("5")
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import prepare, resolve
 import numpy, pandas, sklearn.preprocessing, torch  # noqa: F401  (what `train` has loaded at this point)

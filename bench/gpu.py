@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from bench.common import Figure, log, spread
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 
 PEAK_TFLOPS = {  # dense tensor-core peak (bf16/fp16) by device name fragment; MFU is reported against it
     "H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "T4": 65.0, "V100": 125.0,

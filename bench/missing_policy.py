@@ -47,7 +47,7 @@ def main() -> None:
 
 
 def prepared(preset: str, **overrides: str):
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.data.source import load_clean
     from rain_mlflow.data.dataset import prepare, resolve
 
@@ -94,7 +94,7 @@ def indicator_cost() -> None:
 
 
 def training(amp: str) -> None:
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.train.run import TrainRequest, run_training
 
     print(f"\n3. smoke on the record (amp {amp}); test scores at the best epoch (by val_loss), the baselines on the "

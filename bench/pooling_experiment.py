@@ -17,8 +17,7 @@ import os
 import statistics
 import tempfile
 
-from rain_mlflow import presets
-from rain_mlflow.config import POOLINGS
+from rain_mlflow.config import POOLINGS, presets
 
 
 def main() -> None:

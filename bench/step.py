@@ -9,14 +9,14 @@ the weights with its own AdamW. All contenders see the same batch and are timed 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from bench.common import Figure, interleaved, log, spread
 from bench.reference_einsum import reference_classify
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.train.loop import build_optimizer
 from rain_mlflow.train.losses import build_loss
@@ -97,10 +97,10 @@ def run(quick: bool, compile_modes: tuple[str, ...], command: str, machine: dict
             contenders[f"ours ({precision.name}, --compile {mode})"] = trainer_step(
                 ours, compiled, cfg, x, y, precision)
         contenders["reference (fp32)"] = trainer_step(
-            reference, lambda inp: reference_classify(reference, inp), cfg, x, y,
+            reference, lambda inp, reference=reference: reference_classify(reference, inp), cfg, x, y,
             Precision(x.device, None))
         times = interleaved(contenders, repetitions, warmup=2 if compile_modes else 1,
-                            progress=lambda m: log(f"step {shape.preset}: {m}"))
+                            progress=lambda m, preset=shape.preset: log(f"step {preset}: {m}"))
         ref = spread([shape.batch_size / s for s in times["reference (fp32)"]])
         for name, seconds in times.items():
             rate = spread([shape.batch_size / s for s in seconds])

@@ -19,13 +19,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from bench.common import Figure, log
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 
 TRACKER_METHODS = ("_write", "end", "tags", "logged_steps", "current_diagnosis", "download_artifact", "log_model")
 

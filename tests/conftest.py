@@ -120,6 +120,28 @@ def pytest_addoption(parser):
                      help="keep test artifacts (browser screenshots) here [default: pytest's tmp directory]")
 
 
+# ---- test lanes (pyproject: markers; docs/testing.md) ---------------------------------------------------------------
+
+LANES = ("unit", "e2e", "server", "cuda")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an unmarked test must not vanish silently from every lane
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items if not any(item.get_closest_marker(lane) for lane in LANES)]
+    if unmarked:
+        listed = "\n  ".join(unmarked[:20]) + (f"\n  ... and {len(unmarked) - 20} more" if len(unmarked) > 20 else "")
+        raise pytest.UsageError(f"every test must be marked with one of the lanes {', '.join(LANES)} (module-level "
+                                f"`pytestmark = pytest.mark.unit` or per test); unmarked:\n  {listed}")
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="needs a CUDA device; torch.cuda.is_available() is False here")
+            for item in cuda_tests:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory) -> Path:
     """A few months of the synthetic record: a 2-epoch smoke run on it takes seconds."""

@@ -11,11 +11,13 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.clean import clean
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.synth import synthetic_frame
 from rain_mlflow.train.baselines import GBM_SETTINGS, prepared_baselines, skill, verdict
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,14 @@ from bench.reference_einsum import reference_classify  # noqa: E402
 from bench.trainer import Stopwatch  # noqa: E402
 
 
+@pytest.mark.unit
 def test_spread_of_repetitions_by_hand():
     s = spread([4.0, 1.0, 2.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 4.0, 3)
     assert s["spread_pct"] == pytest.approx(100 * (4 - 1) / 2 / 2)
 
 
+@pytest.mark.unit
 def test_stopwatch_counts_a_nested_call_once():
     watch = Stopwatch()
 
@@ -53,6 +55,7 @@ def test_stopwatch_counts_a_nested_call_once():
     assert watch.seconds["mlflow"] >= 0.15
 
 
+@pytest.mark.unit
 def test_reference_computes_the_classifier_logits():
     from rain_mlflow.model.classifier import RainClassifier
 
@@ -66,12 +69,14 @@ def test_reference_computes_the_classifier_logits():
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.unit
 def test_training_flops_by_hand():
     # d 2, 1 layer, d_ff 4, 3 tokens of 5 steps: weights per layer 4*2*2 + 2*2*4 = 32, embedding 5*2 = 10;
     # forward 2*3*(32 + 10) = 252, attention 4*3*3*2 = 72; training = 3 x forward.
     assert train_flops_per_sample(d_model=2, e_layers=1, d_ff=4, n_tokens=3, token_len=5) == 3 * (252 + 72)
 
 
+@pytest.mark.e2e
 def test_quick_run_prints_one_table_and_writes_every_figure(tmp_path):
     out = tmp_path / "results.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--sections", "data", "--output", str(out)],
@@ -94,6 +99,7 @@ def test_quick_run_prints_one_table_and_writes_every_figure(tmp_path):
     assert figures[0]["value"] == pytest.approx(detail["prepare_above_before_mib"] / detail["raw_float32_mib"])
 
 
+@pytest.mark.unit
 def test_bench_command_names_the_missing_checkout(cli, tmp_path, monkeypatch):
     import rain_mlflow.cli_tools as cli_module
 
@@ -105,6 +111,7 @@ def test_bench_command_names_the_missing_checkout(cli, tmp_path, monkeypatch):
     assert result.out == ""
 
 
+@pytest.mark.unit
 def test_bench_command_finds_this_checkout(tmp_path, monkeypatch):
     from rain_mlflow.cli_tools import bench_checkout
 
@@ -112,6 +119,7 @@ def test_bench_command_finds_this_checkout(tmp_path, monkeypatch):
     assert Path(bench_checkout()) == REPO
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
 @pytest.mark.parametrize("command", [["-m", "bench", "--gpu"], ["-m", "rain_mlflow", "bench", "--gpu"]])
 def test_gpu_section_without_cuda_is_one_error_line(command, tmp_path):

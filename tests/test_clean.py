@@ -50,6 +50,7 @@ def cleaned():
     return clean(station_frame(), CFG, "station.csv")
 
 
+@pytest.mark.unit
 def test_rows_are_sorted_on_a_regular_grid(cleaned):
     dates = cleaned.frame["Fecha"]
     assert dates.is_monotonic_increasing
@@ -58,6 +59,7 @@ def test_rows_are_sorted_on_a_regular_grid(cleaned):
     assert len(cleaned.frame) == N_HOURS
 
 
+@pytest.mark.unit
 def test_duplicate_timestamps_keep_the_first_row(cleaned):
     assert cleaned.report["duplicates_dropped"] == 3
     raw = station_frame()                                   # shuffled: a copy may come before its original
@@ -73,6 +75,7 @@ def test_duplicate_timestamps_keep_the_first_row(cleaned):
     assert any(firsts) and not all(firsts)                  # the fixture holds both orders, so both are checked
 
 
+@pytest.mark.unit
 def test_a_duplicate_keeps_the_row_that_comes_first_in_the_file():
     frame = pd.DataFrame({"date": ["2020-01-01 01:00", "2020-01-01 00:00", "2020-01-01 01:00", "2020-01-01 02:00",
                                    "2020-01-01 00:00"],
@@ -83,6 +86,7 @@ def test_a_duplicate_keeps_the_row_that_comes_first_in_the_file():
     assert result.frame["t"].tolist() == [2.0, 1.0, 4.0]
 
 
+@pytest.mark.unit
 def test_every_gap_is_reported(cleaned):
     gaps = cleaned.report["gaps"]
     assert gaps["missing_steps"] == 48 + 3
@@ -91,6 +95,7 @@ def test_every_gap_is_reported(cleaned):
                                                                   ("2019-02-03 02:00:00", 2)}
 
 
+@pytest.mark.unit
 def test_the_cleaned_record_keeps_observed_values_and_counts_what_the_causal_fill_will_fill(cleaned):
     temp = cleaned.frame["temp_F"].to_numpy()
     assert np.isnan(temp[100:102]).all() and np.isnan(temp[200:212]).all() and np.isnan(temp[150])  # not filled
@@ -104,6 +109,7 @@ def test_the_cleaned_record_keeps_observed_values_and_counts_what_the_causal_fil
     assert info["interpolated"] == 0                            # kept for older readers of the report
 
 
+@pytest.mark.unit
 def test_precipitation_is_never_invented(cleaned):
     precip = cleaned.frame["precip_in"].to_numpy()
     assert np.isnan(precip[300:306]).all()
@@ -112,12 +118,14 @@ def test_precipitation_is_never_invented(cleaned):
     assert info["filled"] == 0 and info["missing"] == info["missing_after_fill"] == 6 + 48 + 3
 
 
+@pytest.mark.unit
 def test_mostly_missing_feature_is_dropped_and_reported(cleaned):
     assert "solar_Wm2" not in cleaned.features
     assert "solar_Wm2" in cleaned.report["dropped_features"]
     assert "max_missing_fraction" in cleaned.report["dropped_features"]["solar_Wm2"]
 
 
+@pytest.mark.unit
 def test_only_the_training_period_decides_which_features_are_dropped():
     # a sensor that works in the training period (first 60 % of the steps) and dies afterwards is kept; one that
     # is dead in the training period is dropped, however complete it is later
@@ -132,11 +140,13 @@ def test_only_the_training_period_decides_which_features_are_dropped():
     assert "66.7% of the training period" in result.report["dropped_features"]["late_start"]
 
 
+@pytest.mark.unit
 def test_text_column_is_ignored_and_reported(cleaned):
     assert cleaned.report["ignored_columns"] == {"station": "not numeric"}
     assert list(cleaned.features) == ["precip_in", "temp_F", "rh_pct", "pressure_inHg", "wind_mph"]
 
 
+@pytest.mark.unit
 def test_off_grid_timestamps_are_dropped_and_counted():
     frame = pd.DataFrame({"date": ["2020-01-01 00:00", "2020-01-01 01:00", "2020-01-01 01:17",
                                    "2020-01-01 02:00", "2020-01-01 03:00"],
@@ -146,11 +156,13 @@ def test_off_grid_timestamps_are_dropped_and_counted():
     assert len(result.frame) == 4
 
 
+@pytest.mark.unit
 def test_cleaning_is_idempotent(cleaned):
     again = clean(cleaned.frame, CFG, "again")
     pd.testing.assert_frame_equal(again.frame, cleaned.frame)
 
 
+@pytest.mark.e2e
 def test_cli_cleans_a_station_export_with_only_its_column_names(store, tmp_path, cli):
     raw = tmp_path / "station.csv"
     station_frame().to_csv(raw, index=False)
@@ -184,6 +196,7 @@ def write(tmp_path, name: str, content: str | bytes):
 GOOD_HEADER = "date,precipitation,temperature\n"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name, content, args, fragments", [
     ("missing.csv", None, [], ("does not exist",)),
     ("empty.csv", "", [], ("is empty",)),
@@ -214,6 +227,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(store, tmp_path, cli, n
     assert not (tmp_path / "mlflow.db").exists()  # the store was never opened: no run, not even an experiment
 
 
+@pytest.mark.e2e
 def test_negative_sentinel_becomes_missing_with_na_values(store, tmp_path, cli):
     path = write(tmp_path, "sentinel.csv", GOOD_HEADER + "2020-01-01 00:00,0,1\n2020-01-01 01:00,-999,2\n"
                                                          "2020-01-01 02:00,1,3\n")
@@ -222,6 +236,7 @@ def test_negative_sentinel_becomes_missing_with_na_values(store, tmp_path, cli):
     assert pd.read_csv(tmp_path / "c.csv")["precipitation"].isna().sum() == 1
 
 
+@pytest.mark.e2e
 def test_unknown_option_value_is_one_error_line(store, tmp_path, cli, synthetic_csv):
     assert_user_error(cli("clean", "--data", synthetic_csv, "--max-fill", "many"), "max_fill", "integer", "'many'")
     assert_user_error(cli("clean", "--data", synthetic_csv, "--missing", "drop"), "missing", "mask, exclude",
@@ -231,6 +246,7 @@ def test_unknown_option_value_is_one_error_line(store, tmp_path, cli, synthetic_
     assert_user_error(cli("clean", "--bogus"), "--bogus")
 
 
+@pytest.mark.e2e
 def test_clean_reports_the_window_accounting_with_a_suggestion(store, tmp_path, cli):
     from rain_mlflow.synth import SynthConfig, write_synthetic
 

@@ -11,6 +11,8 @@ from rain_mlflow.config import DataConfig
 from rain_mlflow.data.clean import SCHEDULE_AGGREGATION, clean, summary_lines
 from rain_mlflow.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 NAN = np.nan
 
 
@@ -513,7 +515,7 @@ def test_two_times_of_day_unequally_spaced_are_a_schedule():
 
 
 def test_a_single_time_of_day_is_a_daily_record():
-    raw = fixed_times(["2020-01-0%d" % d for d in range(1, 10)], times=("07:00",), precipitation=0.0)
+    raw = fixed_times([f"2020-01-0{d}" for d in range(1, 10)], times=("07:00",), precipitation=0.0)
     report = clean(raw, DataConfig(max_fill=0), "x").report
     assert (report["schedule"], report["freq"], report["start"]) == (None, "1D", "2020-01-01 07:00:00")
 

@@ -1,10 +1,10 @@
 """Every option of every command, given a bad value: exit code 2, one `error:` line, no traceback, nothing written.
 
-The bad values are generated (hypothesis) from each option's own rule, wherever the product keeps it: the run
-config's field metadata for settings (`config.FIELDS`: type, min / gt / max / lt, choices, pattern, required),
-the `Checked` type of command options (`options.py`: output paths, run ids, names...), click's type for the rest
-(`--format`), and `Thresholds`' own validation for the diagnosis thresholds of `compare`. Examples per option are
-few and derandomized so CI stays fast and repeatable; the enumeration covers every option.
+The bad values are generated (hypothesis) from each option's own rule, read from its click type
+(`config/params.py`): a run setting's `Setting` type carries the field's declared `Rule` (type, min / gt / max / lt,
+choices, pattern, required), the other types carry theirs as constructor arguments (bounds, choices, optional...),
+and a diagnosis threshold's `Threshold` type defers to `Thresholds`' own validation. Examples per option are few and
+derandomized so CI stays fast and repeatable; the enumeration covers every option.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rain_mlflow import presets
 from rain_mlflow.cli import cli, main
-from rain_mlflow.config import DIAGNOSIS_FLAGS, FIELDS, field_type
+from rain_mlflow.config import DIAGNOSIS_FLAGS, field_type, presets, rule_of
+from rain_mlflow.config import params as types
+from rain_mlflow.config.rules import Rule
 from rain_mlflow.diagnostics.rules import Thresholds
 from rain_mlflow.errors import ConfigError
-from rain_mlflow.options import Checked
+
+pytestmark = pytest.mark.unit
 
 VALUELESS = {"help", "version", "write_tags"}          # flags that take no value
 FREE_TEXT = {"na_values"}                               # any text is a valid list of NA tokens
@@ -58,49 +60,53 @@ def not_a_number(kind: type) -> st.SearchStrategy[str]:
     return WORDS.filter(lambda t: not parses(t))
 
 
-def out_of_range(kind: type, rule: dict) -> st.SearchStrategy[str]:
+def out_of_range(kind: type, rule: Rule) -> st.SearchStrategy[str]:
     """Numbers the rule excludes: below `min`, at or below `gt`, above `max`, at or above `lt` (and nan, inf)."""
     if kind is int:
         bad = [st.sampled_from(["1.5", "2e0", "0x10"])]
-        below = {"min": -1, "gt": 0}
-        above = {"max": 1, "lt": 0}
-        bad += [st.integers(max_value=rule[k] + d).map(str) for k, d in below.items() if k in rule]
-        bad += [st.integers(min_value=rule[k] + d).map(str) for k, d in above.items() if k in rule]
+        if rule.min is not None:
+            bad.append(st.integers(max_value=int(rule.min) - 1).map(str))
+        if rule.gt is not None:
+            bad.append(st.integers(max_value=int(rule.gt)).map(str))
+        if rule.max is not None:
+            bad.append(st.integers(min_value=int(rule.max) + 1).map(str))
+        if rule.lt is not None:
+            bad.append(st.integers(min_value=int(rule.lt)).map(str))
         return st.one_of(bad)
     real = dict(allow_nan=False, allow_infinity=False)
     bad = [st.sampled_from(["nan", "inf", "-inf"])]
-    if "min" in rule:
-        bad.append(st.floats(max_value=rule["min"], exclude_max=True, **real).map(repr))
-    if "gt" in rule:
-        bad.append(st.floats(max_value=rule["gt"], **real).map(repr))
-    if "max" in rule:
-        bad.append(st.floats(min_value=rule["max"], exclude_min=True, **real).map(repr))
-    if "lt" in rule:
-        bad.append(st.floats(min_value=rule["lt"], **real).map(repr))
+    if rule.min is not None:
+        bad.append(st.floats(max_value=rule.min, exclude_max=True, **real).map(repr))
+    if rule.gt is not None:
+        bad.append(st.floats(max_value=rule.gt, **real).map(repr))
+    if rule.max is not None:
+        bad.append(st.floats(min_value=rule.max, exclude_min=True, **real).map(repr))
+    if rule.lt is not None:
+        bad.append(st.floats(min_value=rule.lt, **real).map(repr))
     return st.one_of(bad)
 
 
 def field_values(name: str, workdir: Path) -> st.SearchStrategy[str]:
     """Bad values for the config field `name`, from its declared type and rule."""
-    spec = FIELDS[name].metadata
+    rule = rule_of(name)
     base, optional = field_type(name)
     choices: list[st.SearchStrategy[str]] = []
-    if spec.get("duration"):   # a step count or a duration: neither a number nor a fixed duration, or too small
-        from rain_mlflow.durations import duration_of
+    if rule.duration:   # a step count or a duration: neither a number nor a fixed duration, or too small
+        from rain_mlflow.config.durations import duration_of
 
-        choices += [not_a_number(int).filter(lambda t: duration_of(t) is None), out_of_range(int, spec),
-                    st.sampled_from(["-2h", "1M", "3Y", "nan"] + (["0h"] if spec["min"] else []))]
+        choices += [not_a_number(int).filter(lambda t: duration_of(t) is None), out_of_range(int, rule),
+                    st.sampled_from(["-2h", "1M", "3Y", "nan"] + (["0h"] if rule.min else []))]
     elif base in (int, float):
-        choices += [not_a_number(base), out_of_range(base, spec)]
+        choices += [not_a_number(base), out_of_range(base, rule)]
     elif base is bool:
         choices.append(WORDS.filter(lambda t: t.lower() not in TRUE_FALSE))
-    elif "choices" in spec:
-        choices.append(WORDS.filter(lambda t: t not in spec["choices"]))
-    elif "each_choices" in spec:
-        choices.append(WORDS.filter(lambda t: t not in spec["each_choices"]).map(lambda t: f"stalled,{t}"))
-    elif "pattern" in spec:
+    elif rule.choices is not None:
+        choices.append(WORDS.filter(lambda t: t not in rule.choices))
+    elif rule.each_choices is not None:
+        choices.append(WORDS.filter(lambda t: t not in rule.each_choices).map(lambda t: f"stalled,{t}"))
+    elif rule.pattern is not None:
         choices.append(st.text(min_size=1, max_size=12).filter(
-            lambda t: bool(t.strip()) and not re.fullmatch(spec["pattern"], t.strip())))
+            lambda t: bool(t.strip()) and not re.fullmatch(rule.pattern, t.strip())))
     if base is str and not optional:
         choices.append(st.sampled_from(["", "  "]))
     if name == "data":      # a path to read: a folder, a file that is not there
@@ -114,30 +120,40 @@ def field_values(name: str, workdir: Path) -> st.SearchStrategy[str]:
     return st.one_of(choices)
 
 
-def checked_values(checked: Checked, workdir: Path) -> st.SearchStrategy[str]:
-    """Bad values for a command option, from the rule its `Checked` type carries."""
-    kind, rule = checked.kind, checked.rule
+def text_values(text: types.Text) -> st.SearchStrategy[str]:
+    """Blank names, and names outside the type's pattern (compared stripped, as the type compares them)."""
+    bad = [st.sampled_from(["", "   "])]  # where '' means "not given", the command refuses a missing value
+    if text.rule.pattern is not None:
+        bad.append(st.text(min_size=1, max_size=12).filter(
+            lambda t: bool(t.strip()) and not re.fullmatch(text.rule.pattern, t.strip())))
+    return st.one_of(bad)
+
+
+def typed_values(kind: click.ParamType, workdir: Path) -> st.SearchStrategy[str]:
+    """Bad values for a command option that is not a run setting, from the rule its type carries."""
     a_file = str(workdir / "data.csv")
+    if isinstance(kind, types.Text):
+        return text_values(kind)
+    if isinstance(kind, (types.Integer, types.Number)):
+        return st.one_of(not_a_number(kind.kind), out_of_range(kind.kind, kind.rule))
+    if isinstance(kind, types.Choice):
+        return WORDS.filter(lambda t: t not in kind.choices)
     strategies = {
-        "text": st.sampled_from(["", "   "]),
-        "int": st.one_of(not_a_number(int), out_of_range(int, rule)),
-        "float": st.one_of(not_a_number(float), out_of_range(float, rule)),
-        "bool": WORDS.filter(lambda t: t.lower() not in TRUE_FALSE),
-        "choice": WORDS.filter(lambda t: t not in rule.get("choices", ())),
-        "preset": WORDS.filter(lambda t: t not in presets.names()),
-        "freq": st.sampled_from(["xyz", "0h", "2D", "7", ""]),
-        "run_id": st.one_of(WORDS, st.just("0" * 31), st.just("g" * 32)),
-        "run_ids": WORDS.map(lambda t: f"{'a' * 32},{t}"),
-        "flags": WORDS.filter(lambda t: t not in DIAGNOSIS_FLAGS),
-        "alias": st.sampled_from(["latest", "v3", "a b", "x/y", ""]),
-        "model_uri": st.sampled_from(["", "models:/", "models:/a/b/c", str(workdir), str(workdir / "nope.pt")]),
-        "output_file": st.sampled_from(["", str(workdir), str(workdir) + "/", a_file + "/out.csv"]),
-        "output_dir": st.sampled_from(["", a_file, a_file + "/report"]),
-        "input_file": st.sampled_from(["", str(workdir), str(workdir / "nope.log")]),
-        "metric_map": st.sampled_from(["nope", "a=b", "=val_loss", "lightning,x=", "val_acc=not_ours"]),
-        "duration": st.sampled_from(["abc", "-5min", "0", "0s", "nan", "2 parsecs"]),
+        types.Flag: WORDS.filter(lambda t: t.lower() not in TRUE_FALSE),
+        types.PresetName: WORDS.filter(lambda t: t not in presets.names()),
+        types.Frequency: st.sampled_from(["xyz", "0h", "2D", "7", ""]),
+        types.RunId: st.one_of(WORDS, st.just("0" * 31), st.just("g" * 32)),
+        types.RunIds: WORDS.map(lambda t: f"{'a' * 32},{t}"),
+        types.DiagnosisFlags: WORDS.filter(lambda t: t not in DIAGNOSIS_FLAGS),
+        types.Alias: st.sampled_from(["latest", "v3", "a b", "x/y", ""]),
+        types.ModelUri: st.sampled_from(["", "models:/", "models:/a/b/c", str(workdir), str(workdir / "nope.pt")]),
+        types.OutputFile: st.sampled_from(["", str(workdir), str(workdir) + "/", a_file + "/out.csv"]),
+        types.OutputDir: st.sampled_from(["", a_file, a_file + "/report"]),
+        types.InputFile: st.sampled_from(["", str(workdir), str(workdir / "nope.log")]),
+        types.MetricMap: st.sampled_from(["nope", "a=b", "=val_loss", "lightning,x=", "val_acc=not_ours"]),
+        types.Duration: st.sampled_from(["abc", "-5min", "0", "0s", "nan", "2 parsecs"]),
     }
-    return strategies[kind]
+    return strategies[type(kind)]
 
 
 def threshold_values(name: str) -> st.SearchStrategy[str]:
@@ -154,16 +170,15 @@ def threshold_values(name: str) -> st.SearchStrategy[str]:
 
 
 def bad_values(command: str, name: str, workdir: Path) -> st.SearchStrategy[str]:
-    opt = option(command, name)
-    if isinstance(opt.type, Checked):
-        return checked_values(opt.type, workdir)
-    if name in FIELDS:
-        return field_values(name, workdir)
-    if isinstance(opt.type, click.Choice):
-        return WORDS.filter(lambda t: t not in opt.type.choices)
-    if hasattr(Thresholds, name):
-        return threshold_values(name)
-    raise AssertionError(f"{command} --{name}: no rule to generate bad values from")
+    kind = option(command, name).type
+    if isinstance(kind, types.Setting):
+        return field_values(kind.setting, workdir)
+    if isinstance(kind, types.Threshold):
+        return threshold_values(kind.threshold)
+    if type(kind).__module__ == types.__name__:
+        return typed_values(kind, workdir)
+    raise AssertionError(f"{command} --{name}: a {type(kind).__name__}, not one of the product's option types "
+                         "(rain_mlflow.config.params): no rule to generate bad values from")
 
 
 # ---- running the command --------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ def compare_json(experiment="rain-test", **kwargs) -> list[dict]:
     return json.loads(out.getvalue())
 
 
+@pytest.mark.e2e
 def test_json_flags_and_fields_per_run(runs):
     rows = {row["run_name"]: row for row in compare_json()}
     assert {name: row["flags"] for name, row in rows.items()} == EXPECTED  # "cleaning" is not a training run
@@ -148,6 +149,7 @@ def test_json_flags_and_fields_per_run(runs):
     assert all(row["epochs_from"].startswith("step (") and row["metric_map"] == {} for row in rows.values())
 
 
+@pytest.mark.e2e
 def test_compare_on_sqlite_loads_neither_pandas_nor_numpy_nor_torch_nor_mlflow(tracking, runs):
     """The whole `rain-mlflow compare` process must start fast (bench section 5: <= 3 s at 1,000 runs): reading a
     sqlite store whose verdicts are up to date needs only the standard library; a heavy import at the top of a
@@ -155,7 +157,8 @@ def test_compare_on_sqlite_loads_neither_pandas_nor_numpy_nor_torch_nor_mlflow(t
     probe = ("import json, sys\nfrom rain_mlflow.cli import main\n"
              "try:\n    main(['compare', '--experiment', 'rain-test', '--format', 'json'])\n"
              "except SystemExit as exc:\n    code = exc.code\n"
-             "heavy = [m for m in ('pandas', 'numpy', 'torch', 'mlflow', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+             "heavy = [m for m in ('pandas', 'numpy', 'torch', 'mlflow', 'sklearn', 'matplotlib')\n"
+             "         if m in sys.modules]\n"
              "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n")
     # the first pass writes the verdict tags (through MLflow); the measured case is the next one, nothing to write
     first = subprocess.run([sys.executable, "-m", "rain_mlflow", "compare", "--experiment", "rain-test"],
@@ -167,6 +170,7 @@ def test_compare_on_sqlite_loads_neither_pandas_nor_numpy_nor_torch_nor_mlflow(t
     assert {r["run_name"] for r in json.loads(done.stdout)} >= {"healthy"}
 
 
+@pytest.mark.e2e
 def test_given_run_ids_are_compared_whatever_their_tags(tracking, runs):
     rows = compare_json(experiment=None, run_ids=[runs["healthy"], runs["transfer_long"], runs["healthy"]])
     assert [row["run_name"] for row in rows] == ["healthy", "transfer_long"]
@@ -176,6 +180,7 @@ def diagnosis_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
     return {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("diagnosis")}
 
 
+@pytest.mark.e2e
 def test_tags_are_written_read_back_and_stale_ones_deleted(tracking):
     ids = populate(tracking, "rain-tags")
     command.run(experiment="rain-tags", run_ids=None, fmt="json", write_tags=True, fail_on=[], report_dir=None,
@@ -206,6 +211,7 @@ def test_tags_are_written_read_back_and_stale_ones_deleted(tracking):
     assert command.write_diagnosis_tags(uri, reports) == 0
 
 
+@pytest.mark.e2e
 def test_fail_on_sets_the_exit_code(runs):
     options = dict(experiment="rain-test", run_ids=None, fmt="table", write_tags=False, report_dir=None,
                    thresholds=Thresholds(), out=io.StringIO())
@@ -217,6 +223,7 @@ def test_fail_on_sets_the_exit_code(runs):
         command.run(fail_on=["nope"], **options)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["table", "markdown"])
 def test_table_and_markdown_list_every_run_and_its_evidence(runs, fmt):
     out = io.StringIO()
@@ -236,6 +243,7 @@ def test_table_and_markdown_list_every_run_and_its_evidence(runs, fmt):
         assert all(row[flags_at - 2:flags_at] == "  " and row[flags_at] != " " for row in rows)
 
 
+@pytest.mark.e2e
 def test_report_files(runs, tmp_path):
     report_dir = tmp_path / "report"
     command.run(experiment="rain-test", run_ids=None, fmt="table", write_tags=False, fail_on=[],
@@ -250,6 +258,7 @@ def test_report_files(runs, tmp_path):
     assert image.shape[0] > 300 and image.shape[1] > 800
 
 
+@pytest.mark.e2e
 def test_unknown_experiment_run_format_and_metric_map_are_user_errors(tracking):
     with pytest.raises(UserError, match="experiment 'nope' not found at tracking URI sqlite:///.*; existing: "):
         compare_json(experiment="nope")
@@ -264,6 +273,7 @@ def test_unknown_experiment_run_format_and_metric_map_are_user_errors(tracking):
         compare_json(metric_map="acc=val_top1")
 
 
+@pytest.mark.e2e
 def test_cli_errors_are_one_line(runs, cli):
     from tests.conftest import assert_user_error
 
@@ -274,6 +284,7 @@ def test_cli_errors_are_one_line(runs, cli):
                       "Thresholds.noise_z must be a number >= 0; got -1.0")
 
 
+@pytest.mark.e2e
 def test_resumed_epoch_keeps_the_latest_value_and_long_runs_are_complete(tracking):
     exp = tracking.create_experiment("rain-long")
     epochs = 3000  # longer than the REST endpoint's 2,500-point cap: nothing may be down-sampled
@@ -323,6 +334,7 @@ def populate_foreign(client: MlflowClient, experiment: str) -> dict[str, str]:
     return ids
 
 
+@pytest.mark.e2e
 def test_runs_from_any_tool_are_diagnosed(tracking):
     ids = populate_foreign(tracking, "rain-foreign")
     out = io.StringIO()
@@ -380,6 +392,7 @@ def raw(points: dict[str, list[tuple[int, float]]], tags=None, latest_extra=()) 
     return run
 
 
+@pytest.mark.unit
 def test_epochs_of_our_runs_skip_the_step_0_summary_and_others_count_from_0():
     ours = histories.build(raw({"val_loss": [(1, 0.3), (2, 0.2)], "best_epoch": [(0, 2.0)]},
                                tags={"rain.step": "train"}), {}, ("val_loss",))
@@ -392,6 +405,7 @@ def test_epochs_of_our_runs_skip_the_step_0_summary_and_others_count_from_0():
     assert relogged.history.metrics["val_loss"] == {1: 0.25, 2: 0.2}  # the latest timestamp wins
 
 
+@pytest.mark.unit
 def test_percent_is_read_only_when_a_value_is_above_1():
     fractions = histories.build(raw({"val_accuracy": [(1, 0.7), (2, 1.0)]}), {}, ("val_accuracy",))
     assert fractions.history.metrics["val_accuracy"] == {1: 0.7, 2: 1.0} and fractions.history.notes == {}
@@ -401,12 +415,14 @@ def test_percent_is_read_only_when_a_value_is_above_1():
     assert percent.history.notes == {"val_accuracy": "val_acc logged in percent (up to 100), read as value / 100"}
 
 
+@pytest.mark.unit
 def test_a_name_the_run_logs_itself_wins_over_the_map():
     run = raw({"val_accuracy": [(1, 0.7)], "val_acc": [(1, 0.1)]})
     read = histories.build(run, histories.parse_metric_map("lightning"), ("val_accuracy",))
     assert read.history.metrics["val_accuracy"] == {1: 0.7} and read.metric_map == {}
 
 
+@pytest.mark.unit
 def test_metric_maps():
     assert histories.parse_metric_map("") == {}
     assert histories.parse_metric_map("vali_loss=val_loss, top1 = val_accuracy") == \
@@ -416,6 +432,7 @@ def test_metric_maps():
     assert histories.parse_metric_map(["lightning", "val_acc=test_accuracy"])["val_acc"] == "test_accuracy"
 
 
+@pytest.mark.unit
 def test_other_steps_of_this_package_are_not_diagnosed():
     for step in ("clean", "test", "compare", "promote", "main", "synth", "resume", "tune", "import-log"):
         assert not histories.is_diagnosable(raw({"val_loss": [(1, 0.3)]}, tags={"rain.step": step}), {})
@@ -437,6 +454,7 @@ def comparable(reads) -> list:
              r.epochs_from, r.metric_map, r.hints) for r in reads]
 
 
+@pytest.mark.e2e
 def test_sqlite_fast_path_reads_what_the_public_api_reads(tracking, runs):
     uri = tracking_uri()
     populate_foreign(tracking, "rain-both-paths")
@@ -451,6 +469,7 @@ def test_sqlite_fast_path_reads_what_the_public_api_reads(tracking, runs):
     assert fast[0].history.metrics["train_loss"][2] == math.inf  # MLflow's 1.8e308 read back as inf
 
 
+@pytest.mark.e2e
 def test_sql_store_path_reads_what_the_public_api_reads(tracking, runs):
     # The PostgreSQL / MySQL reader, run here on the sqlite store through MLflow's own SQL session.
     uri = tracking_uri()
@@ -466,6 +485,7 @@ def test_sql_store_path_reads_what_the_public_api_reads(tracking, runs):
     assert "nan" in repr(sql.points(wanted)[runs["nan_loss"]]["train_loss"])
 
 
+@pytest.mark.e2e
 def test_a_missing_private_handle_falls_back_with_one_warning(tracking, runs, monkeypatch, caplog):
     import mlflow.store.tracking.dbmodels.models as models
 
@@ -485,6 +505,7 @@ def test_a_missing_private_handle_falls_back_with_one_warning(tracking, runs, mo
     assert len(warnings) == 1 and "SqlMetric" in warnings[0]
 
 
+@pytest.mark.unit
 def test_tracking_resolution_matches_the_tracker():
     from rain_mlflow.tracking import experiments, store
 
@@ -492,6 +513,7 @@ def test_tracking_resolution_matches_the_tracker():
     assert reader.experiment_name("x") == experiments.experiment_name("x") == "x"
 
 
+@pytest.mark.e2e
 def test_an_up_to_date_comparison_does_not_import_mlflow(runs):
     # Importing MLflow costs about 3 s of CPU here; a sqlite store whose tags are current needs none of it.
     now_ms = int(time.time() * 1000)  # one clock for both, so the dead run's evidence stays the same
@@ -543,6 +565,7 @@ def server(tmp_path):
             process.wait()
 
 
+@pytest.mark.server
 def test_bulk_read_over_http(server, monkeypatch):
     url, log_path = server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -585,8 +608,9 @@ EXPECTED_TAG_SMALL = "oscillating,val_loss_not_improving,val_test_divergence,vra
 
 # ---- the live diagnosis reads what compare stored -------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_the_live_diagnosis_reuses_the_thresholds_stored_on_its_run(store, synthetic_csv):
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.data.source import load_clean
     from rain_mlflow.data.dataset import prepare
     from rain_mlflow.tracking.experiments import connect

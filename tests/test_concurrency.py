@@ -10,10 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_env
 from tests.test_train import EPOCH_METRICS, histories, smoke_args
+
+pytestmark = pytest.mark.e2e
 
 
 def test_three_concurrent_smoke_trainings_on_one_sqlite_store(tmp_path, synthetic_csv):

@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
-from rain_mlflow import presets
-from rain_mlflow.config import FIELDS, RunConfig
+from rain_mlflow.config import FIELDS, RunConfig, presets
 from rain_mlflow.errors import ConfigError
+
+pytestmark = pytest.mark.unit
 
 
 def test_every_preset_builds_and_round_trips():
@@ -81,5 +82,5 @@ def test_config_choices_match_the_model():
     from rain_mlflow import config
     from rain_mlflow.model import classifier, timerxl
 
-    assert config.POOLINGS == classifier.POOLINGS
-    assert config.ACTIVATIONS == timerxl.ACTIVATIONS
+    assert config.POOLINGS is classifier.POOLINGS         # defined once, in the config; the model imports it
+    assert config.ACTIVATIONS is timerxl.ACTIVATIONS

@@ -13,14 +13,35 @@ import pandas as pd
 import pytest
 import torch
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.clean import CleanResult
-from rain_mlflow.data.dataset import (EvalWindows, PreparedData, Split, check_degenerate, data_array,
-                                      effective_window, evaluation_windows, fit_scaler, persistence_forecast,
-                                      precipitation, prepare, resolve, window_accounting, window_labels)
-from rain_mlflow.data.missing import (SHARE_INDICATOR, MissingPolicy, carry_forward, default_max_fill,
-                                      model_inputs, still_missing)
+from rain_mlflow.data.dataset import (
+    EvalWindows,
+    PreparedData,
+    Split,
+    check_degenerate,
+    data_array,
+    effective_window,
+    evaluation_windows,
+    fit_scaler,
+    persistence_forecast,
+    precipitation,
+    prepare,
+    resolve,
+    window_accounting,
+    window_labels,
+)
+from rain_mlflow.data.missing import (
+    SHARE_INDICATOR,
+    MissingPolicy,
+    carry_forward,
+    default_max_fill,
+    model_inputs,
+    still_missing,
+)
 from rain_mlflow.errors import ConfigError, DataError
+
+pytestmark = pytest.mark.unit
 
 HOUR = pd.Timedelta("1h")
 NAN = np.nan

@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.clean import clean
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.data.windows import gather, persistence, rain_labels
 from rain_mlflow.errors import ConfigError, DataError
 from rain_mlflow.synth import synthetic_frame
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.diagnostics.rules import format_epochs
 from rain_mlflow.errors import ConfigError, UserError
 
+pytestmark = pytest.mark.unit
+
 MLFLOW_INF = 1.7976931348623157e308  # how MLflow hands back +inf
 HOUR_MS = 3_600_000
 NOW_MS = 1_760_000_000_000
@@ -413,7 +415,8 @@ def test_the_seed_runs_keep_their_flags_with_their_window_counts():
     # The floors, by hand: 2 * sqrt(p (1 - p) / n), p the mean of the two accuracies; two proportions for the gap.
     fall_floor = 2 * math.sqrt(((0.7540 + 0.7029) / 2) * (1 - (0.7540 + 0.7029) / 2) / 6025)
     gap_floor = 2 * math.sqrt(0.7542 * 0.2458 / 6025 + 0.7011 * 0.2989 / 6026)
-    assert f"noise floor {100 * fall_floor:.2f} pts = 2 SE at 6025 val windows" in finding(small, "oscillating").evidence
+    assert f"noise floor {100 * fall_floor:.2f} pts = 2 SE at 6025 val windows" in \
+        finding(small, "oscillating").evidence
     assert f"noise floor {100 * gap_floor:.2f} pts = 2 SE at 6025 val / 6026 test windows" in \
         finding(small, "val_test_divergence").evidence
     assert finding(small, "oscillating").values["noise_floor"] == pytest.approx(fall_floor)

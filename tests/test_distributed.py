@@ -33,6 +33,7 @@ def history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
+@pytest.mark.e2e
 def test_two_gloo_processes_make_one_run_that_follows_the_single_process_run(store, tiny_csv, cli, tmp_path):
     single = cli(*TRAIN, "--data", tiny_csv, "--train-epochs", "2", "--run-name", "single")
     assert single.code == 0, single.err
@@ -64,6 +65,7 @@ def test_two_gloo_processes_make_one_run_that_follows_the_single_process_run(sto
         {"checkpoints/best.pt", "checkpoints/last.pt"}
 
 
+@pytest.mark.e2e
 def test_sigkill_of_the_launcher_then_resume_logs_every_epoch_once(store, tiny_csv, tmp_path):
     from rain_mlflow.tracking import liveness
 
@@ -97,6 +99,7 @@ def test_sigkill_of_the_launcher_then_resume_logs_every_epoch_once(store, tiny_c
         assert sorted(steps) == [1, 2, 3, 4], (key, steps)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size", [1, 2, 3])
 @pytest.mark.parametrize("total, batch_size", [(64, 64), (37, 16), (5, 4), (1, 8)])
 def test_each_window_of_a_step_is_used_once_across_ranks(size, total, batch_size):
@@ -123,6 +126,7 @@ def test_each_window_of_a_step_is_used_once_across_ranks(size, total, batch_size
     assert counts == {1}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
 @pytest.mark.parametrize("n", [0, 1, 7, 100])
 def test_each_evaluation_window_is_scored_by_one_rank(monkeypatch, size, n):

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -28,6 +29,7 @@ def example_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
+@pytest.mark.unit
 def test_services_wait_for_healthy_dependencies():
     services = compose()["services"]
     assert set(services) == {"postgres", "minio", "create-bucket", "mlflow", "train"}
@@ -40,6 +42,7 @@ def test_services_wait_for_healthy_dependencies():
     assert services["train"]["profiles"] == ["train"]  # on demand, not part of `up`
 
 
+@pytest.mark.unit
 def test_mlflow_server_uses_postgres_proxied_minio_and_basic_auth():
     mlflow = compose()["services"]["mlflow"]
     command = " ".join(mlflow["command"])
@@ -55,6 +58,7 @@ def test_mlflow_server_uses_postgres_proxied_minio_and_basic_auth():
     assert "database_uri = sqlite:////var/lib/mlflow-auth/" in auth  # on the named volume
 
 
+@pytest.mark.unit
 def test_state_lives_in_named_volumes():
     stack = compose()
     declared = set(stack["volumes"])
@@ -63,6 +67,7 @@ def test_state_lives_in_named_volumes():
     assert declared <= used
 
 
+@pytest.mark.unit
 def test_every_secret_comes_from_the_env_file_and_none_is_written_in():
     text = (DOCKER / "compose.yaml").read_text()
     referenced = set(VARIABLE.findall(text))
@@ -76,6 +81,7 @@ def test_every_secret_comes_from_the_env_file_and_none_is_written_in():
     assert ignored.returncode == 0, "docker/.env must be git-ignored"
 
 
+@pytest.mark.e2e
 def test_compose_config_validates_when_the_plugin_is_installed(tmp_path):
     """`docker compose config` (the brief's check) runs where the compose plugin exists; here the YAML tests above
     stand in for it. The command is given an env file made from .env.example."""
@@ -90,6 +96,7 @@ def test_compose_config_validates_when_the_plugin_is_installed(tmp_path):
     assert yaml.safe_load((DOCKER / "compose.yaml").read_text())["name"] == "rain-mlflow"
 
 
+@pytest.mark.unit
 def test_training_image_installs_torch_from_the_cuda_index():
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert re.search(r"^FROM \S+ AS server$", dockerfile, flags=re.M)
@@ -101,6 +108,7 @@ def test_training_image_installs_torch_from_the_cuda_index():
     assert compose()["services"]["train"]["image"] == "rain-mlflow:cuda"
 
 
+@pytest.mark.unit
 def test_docker_mlproject_runs_the_training_image():
     from mlflow.projects import _project_spec
 

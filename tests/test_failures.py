@@ -35,6 +35,7 @@ def small_csv(synthetic_csv, folder, rows: int = 2200):
 
 # ---- SIGTERM, a live run, resume ------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_sigterm_during_epoch_2_ends_killed_and_resume_logs_every_epoch_once(store, synthetic_csv, cli):
     process = start_training(store, synthetic_csv, "--train-epochs", "3", "--experiment", "sigterm")
     run_id = None
@@ -68,6 +69,7 @@ def test_sigterm_during_epoch_2_ends_killed_and_resume_logs_every_epoch_once(sto
 
 # ---- the store --------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_an_unreachable_server_is_one_error_line_within_30_s(tmp_path, synthetic_csv):
     uri = f"http://127.0.0.1:{closed_port()}"
     started = time.monotonic()
@@ -81,6 +83,7 @@ def test_an_unreachable_server_is_one_error_line_within_30_s(tmp_path, synthetic
     assert elapsed < 30, elapsed
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("make_uri, fragment", [
     (lambda d: f"sqlite:///{d}", "is not a file"),
     (lambda d: f"sqlite:///{(d / 'notes.txt').write_text('not a database') and d / 'notes.txt'}",
@@ -100,6 +103,7 @@ def test_a_misconfigured_store_is_one_error_line_naming_it(cli, tmp_path, monkey
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.server
 def test_the_failure_path_keeps_the_error_when_the_store_dies_mid_run(tmp_path, monkeypatch):
     """End the run first, tag best-effort: a store that is gone must not replace the error, nor hang."""
     from rain_mlflow.tracking.experiments import connect
@@ -122,14 +126,14 @@ def test_the_failure_path_keeps_the_error_when_the_store_dies_mid_run(tmp_path, 
             monkeypatch.delenv(key, raising=False)
         bound_http_retries()
         connect("dies")
-        with pytest.raises(ValueError, match="the real problem"):
-            with Tracker.start("train", run_name="doomed") as tracker:
-                tracker.log_metrics({"val_loss": 0.5}, step=1)
-                run_id = tracker.run_id
-                server.kill()
-                server.wait(timeout=30)
-                started = time.monotonic()
-                raise ValueError("the real problem")
+        with pytest.raises(ValueError, match="the real problem"), \
+                Tracker.start("train", run_name="doomed") as tracker:
+            tracker.log_metrics({"val_loss": 0.5}, step=1)
+            run_id = tracker.run_id
+            server.kill()
+            server.wait(timeout=30)
+            started = time.monotonic()
+            raise ValueError("the real problem")
         assert time.monotonic() - started < 60   # bounded retries, not MLflow's ~4 minutes per request
     finally:
         if server.poll() is None:
@@ -150,6 +154,7 @@ def wait_for(uri: str, timeout: float = 120) -> None:
     raise AssertionError(f"mlflow server at {uri} did not start")
 
 
+@pytest.mark.e2e
 def test_a_user_error_under_mlflow_run_ends_the_launched_run_failed_with_the_reason(store, synthetic_csv):
     result = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
@@ -165,6 +170,7 @@ def test_a_user_error_under_mlflow_run_ends_the_launched_run_failed_with_the_rea
 
 # ---- non-finite validation loss, out of memory ---------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_a_non_finite_validation_loss_fails_the_run(store, synthetic_csv, cli, tmp_path):
     # Real data that does it: a pressure sensor that reported 1e30 hPa for a week of the validation period. The
     # scaler (fitted on the training split) leaves those inputs near 1e30 and the attention overflows to NaN on
@@ -186,6 +192,7 @@ def test_a_non_finite_validation_loss_fails_the_run(store, synthetic_csv, cli, t
     assert math.isfinite(train_point.value)
 
 
+@pytest.mark.e2e
 def test_out_of_memory_is_an_error_with_the_need_the_estimate_and_the_remedies(store, synthetic_csv, cli,
                                                                               monkeypatch, tmp_path):
     # No GPU here: the CUDA allocator's exception is raised, once, by the first training forward pass (the
@@ -219,6 +226,7 @@ def test_out_of_memory_is_an_error_with_the_need_the_estimate_and_the_remedies(s
 
 # ---- figures ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_figures_leave_the_callers_matplotlib_backend_alone():
     code = (
         "import matplotlib; matplotlib.use('svg')\n"

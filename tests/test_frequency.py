@@ -17,8 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import presets
-from rain_mlflow.config import DataConfig, RunConfig
+from rain_mlflow.config import DataConfig, RunConfig, presets
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.errors import ConfigError
@@ -62,6 +61,7 @@ def prepared(path: str, **overrides):
     return prepare(cleaned, resolve(cfg, cleaned)), cleaned
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name, readings, steps", [("daily", 1, 1), ("3-hourly", 8, 8), ("schedule", 3, 1)])
 def test_horizon_24h_gives_the_hand_computed_labels(records, name, readings, steps):
     path, raw = records[name]
@@ -82,6 +82,7 @@ def test_horizon_24h_gives_the_hand_computed_labels(records, name, readings, ste
         assert split.size == int(known.sum()), (name, split_name)
 
 
+@pytest.mark.unit
 def test_seq_len_60d_on_daily_data_is_60_steps_in_whole_tokens(records):
     path, _ = records["daily"]
     for token, window in ((24, 48), (7, 56), (10, 60), (60, 60)):
@@ -94,6 +95,7 @@ def test_seq_len_60d_on_daily_data_is_60_steps_in_whole_tokens(records):
             assert f"oldest {60 - window}" in dropped[0]
 
 
+@pytest.mark.e2e
 def test_a_duration_that_is_not_whole_steps_names_both(records, cli, store):
     path, _ = records["3-hourly"]
     assert_user_error(cli("train", "--preset", "smoke", "--data", path, "--horizon", "5h", "--dry-run"),
@@ -104,6 +106,7 @@ def test_a_duration_that_is_not_whole_steps_names_both(records, cli, store):
     assert_user_error(cli("train", "--preset", "smoke", "--horizon", "1M", "--dry-run"), "horizon", "'1M'")
 
 
+@pytest.mark.e2e
 def test_the_daily_record_with_a_24_step_horizon_is_refused_and_1d_is_not(records, cli, store):
     path, _ = records["daily"]
     base = ("train", "--preset", "smoke", "--data", path, "--seq-len", "60d", "--dry-run")
@@ -124,6 +127,7 @@ def test_the_daily_record_with_a_24_step_horizon_is_refused_and_1d_is_not(record
     assert summary["time_settings"]["horizon"] == {"given": 24, "steps": 24, "duration": "24 days"}
 
 
+@pytest.mark.unit
 def test_too_few_windows_is_refused_by_min_windows(records, cli):
     path, _ = records["daily"]
     result = cli("train", "--preset", "smoke", "--data", path, "--seq-len", "60d", "--horizon", "1d",
@@ -131,6 +135,7 @@ def test_too_few_windows_is_refused_by_min_windows(records, cli):
     assert_user_error(result, "degenerate", "usable windows (min_windows 1000)", "horizon 1 step (= 1 day")
 
 
+@pytest.mark.e2e
 def test_a_fixed_hour_record_is_recognised_and_resampled_keeping_totals(records, cli, store, tmp_path):
     path, raw = records["schedule"]
     out = tmp_path / "clean.csv"
@@ -161,6 +166,7 @@ def test_a_fixed_hour_record_is_recognised_and_resampled_keeping_totals(records,
     assert grid["precipitation"].sum() == pytest.approx(cleaned["precipitation"].sum(), rel=0.05)
 
 
+@pytest.mark.unit
 def test_configs_hold_durations_as_given_and_checkpoints_reload(tmp_path):
     cfg = presets.build("smoke", {"horizon": "1d", "seq_len": "60d", "window_stride": "2d", "max_fill": "0h"})
     assert cfg.data.horizon == "1d" and not cfg.data.resolved
@@ -181,6 +187,7 @@ def test_configs_hold_durations_as_given_and_checkpoints_reload(tmp_path):
     assert (hourly.horizon, hourly.max_fill, three.horizon, three.max_fill) == (24, 6, 8, 2)
 
 
+@pytest.mark.e2e
 def test_mlproject_takes_durations(records, tmp_path):
     """`mlflow run . -e train -P horizon=24h` on 3-hourly data: 8 steps, logged as steps and as a duration; its
     checkpoint reloads with weights_only=True."""

@@ -28,6 +28,7 @@ def runs_of(experiment: str) -> list:
     return [] if found is None else client.search_runs([found.experiment_id])
 
 
+@pytest.mark.e2e
 def test_the_seed_logs_get_exactly_their_flags(store, cli):
     result = cli("import-log", LOGS / "transfer_long.log", "--vram-budget-gb", "7", "--vram-peak-gb", "10",
                  "--preset", "transfer_long", "--experiment", "seeds")
@@ -55,6 +56,7 @@ def test_the_seed_logs_get_exactly_their_flags(store, cli):
         "oscillating", "val_loss_not_improving", "val_test_divergence", "vram_over_budget"]
 
 
+@pytest.mark.e2e
 def test_an_imported_run_records_the_log(store, cli):
     path = LOGS / "small_improved.log"
     assert cli("import-log", path, "--experiment", "one", "--run-name", "small 6x768", "--preset",
@@ -87,6 +89,7 @@ def test_an_imported_run_records_the_log(store, cli):
     assert json.loads(Path(report).read_text())["unreadable"] == []
 
 
+@pytest.mark.e2e
 def test_importing_the_same_log_again_is_a_no_op(store, cli):
     assert cli("import-log", LOGS / "transfer_long.log", "--experiment", "again").code == 0
     (first,) = runs_of("again")
@@ -98,6 +101,7 @@ def test_importing_the_same_log_again_is_a_no_op(store, cli):
     assert still.info.run_id == first.info.run_id and "vram_budget_gb" not in still.data.params
 
 
+@pytest.mark.unit
 def test_both_spellings_read_the_same(tmp_path):
     openltm = tmp_path / "openltm.log"
     openltm.write_text("Epoch: 1 cost time: 860.0865225791931\n"
@@ -119,6 +123,7 @@ def test_both_spellings_read_the_same(tmp_path):
     assert epoch["vram_peak_gb"] == 3.6  # the larger of the epoch's readings: 3686.4 MiB / 1024
 
 
+@pytest.mark.unit
 def test_unreadable_lines_are_counted_never_guessed(tmp_path):
     log = tmp_path / "mixed.log"
     log.write_text("\n".join([
@@ -148,6 +153,7 @@ def test_unreadable_lines_are_counted_never_guessed(tmp_path):
     assert "6 unreadable: line 2: a metric before the first epoch line" in parsed.summary()
 
 
+@pytest.mark.e2e
 def test_user_errors_write_nothing(store, cli, tmp_path):
     assert_user_error(cli("import-log", tmp_path / "missing.log", "--experiment", "bad"), "missing.log",
                       "cannot be read")
@@ -165,6 +171,7 @@ def test_user_errors_write_nothing(store, cli, tmp_path):
     assert MlflowClient().get_experiment_by_name("bad") is None  # not even the experiment was created
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["transfer_long", "small_improved", "healthy_long", "nan_loss"])
 def test_the_fixture_logs_read_whole(name):
     parsed = parse_log(LOGS / f"{name}.log")

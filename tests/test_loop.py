@@ -11,17 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import prepare
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model import checkpoint
 from rain_mlflow.train.estimate import saved_activation_bytes
 from rain_mlflow.data.batches import Batches
-from rain_mlflow.train.loop import (NonFiniteLoss, build_optimizer, compile_or_eager, fit,
-                                    train_one_epoch)
+from rain_mlflow.train.loop import NonFiniteLoss, build_optimizer, compile_or_eager, fit, train_one_epoch
 from rain_mlflow.train.losses import build_loss
 from rain_mlflow.train.precision import select_precision
+
+pytestmark = pytest.mark.e2e
 
 SRC = str(Path(__file__).resolve().parents[1] / "src" / "rain_mlflow")
 CPU = torch.device("cpu")

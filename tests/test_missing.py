@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.clean import clean
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.data.missing import SHARE_INDICATOR, carry_forward, default_max_fill
@@ -39,6 +39,7 @@ def holey(rng: np.random.Generator, t: int = 300, c: int = 3) -> np.ndarray:
     return x
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("max_fill", [0, 1, 3, 6])
 def test_carry_forward_equals_a_naive_loop_in_numpy_and_torch(max_fill):
     x = holey(np.random.default_rng(max_fill))
@@ -51,6 +52,7 @@ def test_carry_forward_equals_a_naive_loop_in_numpy_and_torch(max_fill):
     np.testing.assert_array_equal(got[1], naive_carry_forward(x[::-1].copy(), max_fill, carried))
 
 
+@pytest.mark.unit
 def test_carry_forward_never_looks_ahead():
     x = holey(np.random.default_rng(1))
     full = carry_forward(x, 4, [True] * 3)
@@ -58,6 +60,7 @@ def test_carry_forward_never_looks_ahead():
         np.testing.assert_array_equal(carry_forward(x[: t + 1], 4, [True] * 3), full[: t + 1])
 
 
+@pytest.mark.unit
 def test_default_max_fill_is_six_hours_of_steps():
     assert default_max_fill(pd.Timedelta("1h")) == 6
     assert default_max_fill(pd.Timedelta("3h")) == 2
@@ -92,6 +95,7 @@ def perturbed_after(frame: pd.DataFrame, when: pd.Timestamp, seed: int) -> pd.Da
     return other
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("missing", ["mask", "exclude"])
 def test_no_value_after_t_changes_the_input_of_the_window_ending_at_t(realistic, missing):
     data, _, _ = prepared(realistic, missing=missing, max_fill=3)
@@ -104,10 +108,11 @@ def test_no_value_after_t_changes_the_input_of_the_window_ending_at_t(realistic,
             assert other.features == data.features
             # which windows are usable changes only through labels, i.e. never for a window whose label
             # horizon ended by t
-            settled = lambda e: e[e + data.horizon <= end]  # noqa: E731
+            settled = lambda e, end=end: e[e + data.horizon <= end]  # noqa: E731
             np.testing.assert_array_equal(settled(other.splits[split].ends), settled(ends))
 
 
+@pytest.mark.unit
 def test_the_cleaned_csv_keeps_observed_values_and_never_looks_ahead(realistic):
     cfg = presets.build("smoke").data
     base = clean(realistic, cfg, "synthetic").frame
@@ -123,6 +128,7 @@ def test_the_cleaned_csv_keeps_observed_values_and_never_looks_ahead(realistic):
         pd.testing.assert_frame_equal(other[upto], base[upto])
 
 
+@pytest.mark.unit
 def test_mask_keeps_windows_exclude_drops_them_and_indicators_flag_what_was_masked(realistic):
     mask, _, cleaned = prepared(realistic, missing="mask")
     exclude, _, _ = prepared(realistic, missing="exclude")
@@ -144,6 +150,7 @@ def test_mask_keeps_windows_exclude_drops_them_and_indicators_flag_what_was_mask
         assert windows.shape[2] == len(exclude.columns)
 
 
+@pytest.mark.unit
 def test_served_model_fills_raw_windows_itself_like_training():
     frame = synthetic_frame(years=1.0, seed=2, gaps="realistic")
     data, cfg, _ = prepared(frame)
@@ -166,6 +173,7 @@ def test_served_model_fills_raw_windows_itself_like_training():
     torch.testing.assert_close(served, trained, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_features_may_not_include_the_label_column(tmp_path, cli, store):
     with pytest.raises(ConfigError, match="features must not include the label column 'rain'"):
         presets.build("smoke", {"label_col": "rain", "features": "rain,temperature"})

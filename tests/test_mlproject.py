@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 
 import click
+import pytest
 import yaml
 
 from rain_mlflow.cli import cli
 from rain_mlflow.config import FIELDS
 from rain_mlflow.diagnostics.rules import Thresholds
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
 
 COMMAND_OPTIONS = {  # parameters that belong to a command, not to the run config
     "synth": {"output", "years", "freq", "seed", "gaps"},
@@ -45,7 +48,7 @@ def test_entry_points_are_the_commands():
 
 
 def test_every_parameter_is_an_option_and_a_config_field_or_command_option():
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
 
     for name, entry in load_project()["entry_points"].items():
         command = cli.commands[name]

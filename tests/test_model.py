@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from rain_mlflow.model.classifier import POOLINGS, RainClassifier
 from rain_mlflow.model.timerxl import TimerXL
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"  # copies of shared/fixtures, so a clean clone has them
 
 SMALL = dict(

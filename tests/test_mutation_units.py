@@ -12,6 +12,8 @@ import torch
 from rain_mlflow.train.losses import FocalLoss, balanced_class_weights, build_loss
 from rain_mlflow.train.metrics import confusion, split_metrics
 
+pytestmark = pytest.mark.unit
+
 # ---- train/losses.py ------------------------------------------------------------------------------------------
 
 

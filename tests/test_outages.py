@@ -91,6 +91,7 @@ def assert_every_epoch_once(client, run, epochs: int) -> None:
     assert run.data.tags.get("model_id", "").startswith("m-")
 
 
+@pytest.mark.server
 def test_server_killed_for_20_s_mid_run_the_run_finishes_with_every_epoch_once(server, tiny_csv, tmp_path):
     training = start_training(server, tiny_csv, tmp_path, flush_timeout_s=120)
     seen: list[str] = []
@@ -114,6 +115,7 @@ def test_server_killed_for_20_s_mid_run_the_run_finishes_with_every_epoch_once(s
     assert torch.load(path, weights_only=True)["train_state"]["epoch"] == EPOCHS
 
 
+@pytest.mark.server
 def test_server_never_back_then_sync_delivers_everything_once(server, tiny_csv, tmp_path):
     training = start_training(server, tiny_csv, tmp_path, flush_timeout_s=3, epochs=3)
     seen: list[str] = []
@@ -135,6 +137,7 @@ def test_server_never_back_then_sync_delivers_everything_once(server, tiny_csv, 
     assert not folder.exists()
 
 
+@pytest.mark.e2e
 def test_a_write_delivered_twice_is_stored_once(store, tmp_path):
     """A request that reached the store but whose answer was lost is sent again: the store must not change."""
     from mlflow.tracking import MlflowClient
@@ -170,6 +173,7 @@ def test_a_write_delivered_twice_is_stored_once(store, tmp_path):
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.e2e
 def test_sync_of_a_folder_that_is_no_run_folder_is_one_error_line(cli, tmp_path, store):
     from tests.conftest import assert_user_error
 
@@ -178,6 +182,7 @@ def test_sync_of_a_folder_that_is_no_run_folder_is_one_error_line(cli, tmp_path,
     assert_user_error(cli("sync"), "RUN_FOLDER must be given")
 
 
+@pytest.mark.unit
 def test_outbox_keeps_order_and_survives_a_restart(tmp_path):
     """Writes put while the store is away are delivered in order after it returns, by a new process's outbox."""
     from rain_mlflow.tracking.outbox import Outbox

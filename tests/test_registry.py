@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 from rain_mlflow.config import MODEL_NAME
 from tests.conftest import assert_user_error
 
+pytestmark = pytest.mark.e2e
+
 EXPERIMENT = "registry"
 
 
@@ -154,7 +156,8 @@ def test_test_on_a_new_data_file_and_a_checkpoint(runs, cli, tmp_path, synthetic
 def _latest_test_run() -> str:
     client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    return client.search_runs([exp], "tags.`rain.step` = 'test'", order_by=["attributes.start_time DESC"])[0].info.run_id
+    latest = client.search_runs([exp], "tags.`rain.step` = 'test'", order_by=["attributes.start_time DESC"])[0]
+    return latest.info.run_id
 
 
 def test_a_flagged_run_needs_allow_flagged(runs, cli):

@@ -21,6 +21,8 @@ from rain_mlflow.model.factory import rain_model_from_payload
 from rain_mlflow.model import checkpoint
 from tests.conftest import run_env
 
+pytestmark = pytest.mark.e2e
+
 EXPERIMENT = "format"
 
 

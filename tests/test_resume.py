@@ -6,12 +6,12 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.tracking import liveness
 from rain_mlflow.train.schedule import COSINE_FLOOR, lr_at
 from tests.conftest import assert_user_error
@@ -24,6 +24,7 @@ def foreign_beat(age_s: float) -> str:
                        "at_ms": int((time.time() - age_s) * 1000), "every_s": 30.0})
 
 
+@pytest.mark.unit
 def test_liveness_reads_the_heartbeat():
     assert liveness.owner_alive(liveness.beat()) is not None            # this very process
     assert "sent a heartbeat" in liveness.owner_alive(foreign_beat(10))
@@ -34,6 +35,7 @@ def test_liveness_reads_the_heartbeat():
     assert liveness.owner_alive(None) is None and liveness.owner_alive("not json") is None
 
 
+@pytest.mark.unit
 def test_cosine_keeps_its_horizon_and_then_stays_at_the_floor():
     lr = 1e-3
     by_hand = [COSINE_FLOOR + (lr - COSINE_FLOOR) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
@@ -41,6 +43,7 @@ def test_cosine_keeps_its_horizon_and_then_stays_at_the_floor():
     assert [lr_at(lr, "cosine", e, 4, 0, 10, 0) for e in (4, 5, 9)] == pytest.approx([COSINE_FLOOR] * 3)
 
 
+@pytest.mark.e2e
 def test_resume_with_more_epochs_keeps_the_horizon_records_changes_and_force_breaks_a_foreign_heartbeat(
         store, synthetic_csv, cli):
     process = start_training(store, synthetic_csv, "--train-epochs", "2", "--experiment", "more")
@@ -64,7 +67,7 @@ def test_resume_with_more_epochs_keeps_the_horizon_records_changes_and_force_bre
     assert params["train_epochs"] == "2"                                 # as the run started
     assert params["resume.1.after_epoch"] == "1" and params["resume.1.train_epochs"] == "3"
     assert params["resume.1.schedule_epochs"] == "2" and run.data.tags["resume_count"] == "1"
-    history = json.loads(open(client.download_artifacts(run_id, "resume_history.json", os.getcwd())).read())
+    history = json.loads(Path(client.download_artifacts(run_id, "resume_history.json", os.getcwd())).read_text())
     assert history[0]["changed"]["train_epochs"] == [2, 3] and "horizon of 2" in history[0]["schedule"]
     lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
     peak = presets.build("smoke").train.learning_rate

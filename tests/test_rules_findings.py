@@ -22,6 +22,8 @@ from rain_mlflow.diagnostics.rules import (Finding, class_collapse, dead_run, no
                                            vram_over_budget)
 from rain_mlflow.errors import UserError
 
+pytestmark = pytest.mark.unit
+
 DEFAULT = Thresholds()
 NOW_MS = 1_760_000_000_000
 NAN = float("nan")

@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from tests import servers
 from tests.conftest import ALICE, SERVER_EXPERIMENT, error_lines
 
+pytestmark = pytest.mark.server
+
 MODEL = "rain-timerxl-classifier"
 URL = re.compile(r"https?://\S+")
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from mlflow.entities import Run, RunData, RunInfo
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.data.dataset import prepare, resolve
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.diagnostics.thresholds import Thresholds

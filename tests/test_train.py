@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from rain_mlflow.config import FIELDS, RunConfig
 from rain_mlflow.model.factory import rain_model_from_payload
 from rain_mlflow.model import checkpoint
 from tests.conftest import REPO, assert_user_error, run_env
+
+pytestmark = pytest.mark.e2e
 
 EPOCH_METRICS = ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy", "val_f1", "test_f1",
                  "val_precision", "val_recall", "test_precision", "test_recall", "val_mcc", "test_mcc",
@@ -143,13 +146,13 @@ def test_artifacts_are_present_and_loadable(trained):
     windows = {split: int(run.data.params[f"windows_{split}"]) for split in ("val", "test")}
     for epoch in range(1, EPOCHS + 1):
         matrices = client.download_artifacts(run_id, f"confusion_matrices/epoch_{epoch:03d}.json", str(tmp))
-        content = json.loads(open(matrices).read())
+        content = json.loads(Path(matrices).read_text())
         for split in ("val", "test"):
             assert np.array(content[split]).shape == (2, 2)
             assert np.array(content[split]).sum() == windows[split]
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert plots == {"plots/learning_curves.png", "plots/confusion_best_epoch.png"}
-    config = json.loads(open(client.download_artifacts(run_id, "config.json", str(tmp))).read())
+    config = json.loads(Path(client.download_artifacts(run_id, "config.json", str(tmp))).read_text())
     assert RunConfig.from_dict(config).preset == "smoke"
 
     best = checkpoint.load(client.download_artifacts(run_id, "checkpoints/best.pt", str(tmp)))
@@ -321,7 +324,7 @@ def test_dry_run_reports_sizes_and_estimates_without_a_run(store, synthetic_csv,
                      "parameters", "tokens per sample", "training memory (VRAM on a GPU), batch 64", "epoch time",
                      "indicator variable(s) missing:share"):
         assert fragment in out, fragment
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.model.factory import build_classifier
 
     # 5 data columns plus the missingness indicator

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.model.timerxl import TimerXL
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model import checkpoint
 from tests.conftest import assert_user_error
+
+pytestmark = pytest.mark.e2e
 
 
 def official_checkpoint(path, d_model: int = 32) -> dict:

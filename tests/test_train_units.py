@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,8 @@ from rain_mlflow.train.losses import FocalLoss, balanced_class_weights, build_lo
 from rain_mlflow.train.metrics import split_metrics
 from rain_mlflow.train.precision import select_device, select_precision
 from rain_mlflow.train.schedule import lr_at
+
+pytestmark = pytest.mark.unit
 
 
 def test_type1_decays_tenfold_per_epoch_as_the_official_code():
@@ -104,7 +107,8 @@ def test_bf16_units_are_absent_when_cpuinfo_cannot_be_read(monkeypatch, tmp_path
 
 
 def test_this_processor_flags_decide_bf16_units():
-    flags = {word for line in open("/proc/cpuinfo") if line.startswith("flags") for word in line.split()}
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = {word for line in cpuinfo if line.startswith("flags") for word in line.split()}
     assert precision_module.cpu_has_bf16_units() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
@@ -132,6 +136,19 @@ def test_synthetic_record_is_deterministic_and_damaged():
     assert 0.1 < (a["precipitation"] > 0).mean() < 0.5
     three_hourly = synthetic_frame(1.0, freq="3h")
     assert three_hourly["date"].diff().mode().iloc[0] == pd.Timedelta(hours=3)
+
+
+def test_the_embedded_record_is_11_years_unless_the_tests_shorten_it(monkeypatch):
+    from rain_mlflow.synth import EMBEDDED_YEARS_ENV, SynthConfig
+
+    monkeypatch.delenv(EMBEDDED_YEARS_ENV, raising=False)
+    assert SynthConfig().years == 11.0
+    monkeypatch.setenv(EMBEDDED_YEARS_ENV, "4")
+    assert SynthConfig().years == 4.0 and SynthConfig(years=2.0).years == 2.0   # only the default moves
+    for bad in ("0", "-1", "nan", "four"):
+        monkeypatch.setenv(EMBEDDED_YEARS_ENV, bad)
+        with pytest.raises(ConfigError, match=f"RAIN_MLFLOW_SYNTH_YEARS must be a number of years > 0; got '{bad}'"):
+            SynthConfig()
 
 
 def test_synth_refuses_bad_settings():
@@ -164,7 +181,7 @@ def test_realistic_gaps_reproduce_the_airport_record():
 
 
 def test_presets_command_lists_every_preset(cli):
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
 
     result = cli("presets")
     assert result.code == 0

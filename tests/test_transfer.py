@@ -15,6 +15,8 @@ from rain_mlflow.model.classifier import RainClassifier
 from rain_mlflow.model.timerxl import TimerXL
 from rain_mlflow.model.transfer import load_pretrained_backbone, set_backbone_frozen
 
+pytestmark = pytest.mark.unit
+
 FIXTURES = Path(__file__).parent / "fixtures"  # copies of shared/fixtures, so a clean clone has them
 
 SMALL = dict(

@@ -58,6 +58,7 @@ def parent_run(name: str):
     return found[0]
 
 
+@pytest.mark.e2e
 def test_study_prunes_the_bad_region_by_rule_and_promotes_its_best_healthy_trial(store, cli, half_year, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
@@ -134,6 +135,7 @@ def _tune_process(tmp_path: Path, data: Path, space: Path, *extra: str) -> subpr
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.e2e
 def test_a_study_killed_mid_trial_resumes_with_the_same_name(store, cli, half_year, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("dropout: {type: float, low: 0.0, high: 0.2}\n")
@@ -163,6 +165,7 @@ def test_a_study_killed_mid_trial_resumes_with_the_same_name(store, cli, half_ye
     assert parent.data.metrics["n_trials"] == 1 and parent.data.metrics["n_killed"] == 1
 
 
+@pytest.mark.e2e
 def test_two_workers_share_one_study_without_duplicate_trials(store, half_year, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("dropout: {type: float, low: 0.0, high: 0.2}\n")
@@ -180,6 +183,7 @@ def test_two_workers_share_one_study_without_duplicate_trials(store, half_year, 
     assert all("trial " in o and " of study shared" in o for o in outputs)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("text, fragments", [
     ("lerning_rate: {type: float, low: 1.0e-4, high: 1.0e-2}\n", ["lerning_rate", "unknown setting"]),
     ("learning_rate: {type: float, low: 1.0e-2, high: 1.0e-4}\n", ["learning_rate.low must be below high"]),
@@ -198,6 +202,7 @@ def test_an_invalid_space_is_refused_before_anything_is_written(store, cli, half
     assert set(os.listdir(tmp_path)) == before            # no optuna.db, no MLflow store
 
 
+@pytest.mark.e2e
 def test_a_test_metric_and_a_field_both_fixed_and_searched_are_refused(store, cli, half_year, tmp_path):
     assert_user_error(cli("tune", "--metric", "test_f1"), "metric must be one of", "test_f1")
     assert_user_error(cli("tune", "--study", "it's"), "study must be letters", "it's")
@@ -208,10 +213,11 @@ def test_a_test_metric_and_a_field_both_fixed_and_searched_are_refused(store, cl
     assert not (tmp_path / "optuna.db").exists()
 
 
+@pytest.mark.unit
 def test_the_default_space_is_valid_for_every_preset():
     import optuna
 
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.tune.space import default_space
 
     for name in presets.names():

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, unquote
 
+import pytest
+
 from rain_mlflow.tracking import ui
+
+pytestmark = pytest.mark.unit
 
 RUN_A, RUN_B = "a" * 32, "b" * 32
 

@@ -105,6 +105,7 @@ def cached_files(cache: Path) -> list[Path]:
     return [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
 
 
+@pytest.mark.unit
 def test_the_release_layout_is_the_published_one():
     release = weights.RELEASES["timer-xl-260b"]
     layout = weights.release_layout(release)
@@ -114,6 +115,7 @@ def test_the_release_layout_is_the_published_one():
     assert {k: release.config[k] for k in LAYOUT["config"]} == LAYOUT["config"]
 
 
+@pytest.mark.unit
 def test_what_a_pretrain_model_path_names_and_where_the_cache_is(tmp_path, monkeypatch):
     monkeypatch.delenv("RAIN_MLFLOW_CACHE", raising=False)
     monkeypatch.delenv("RAIN_MLFLOW_WEIGHTS_MIRROR", raising=False)
@@ -138,6 +140,7 @@ def test_what_a_pretrain_model_path_names_and_where_the_cache_is(tmp_path, monke
     assert weights.parse("ckpts/my.pth").kind == "file"
 
 
+@pytest.mark.e2e
 def test_download_by_release_name_through_the_mirror_then_from_the_cache(cli, server, cache, released_file,
                                                                          monkeypatch):
     base, gets = server
@@ -159,6 +162,7 @@ def test_download_by_release_name_through_the_mirror_then_from_the_cache(cli, se
     assert result.code == 0 and "142 tensors, 67,398,880 parameters" in result.out
 
 
+@pytest.mark.e2e
 def test_download_by_url_then_from_the_cache(cli, server, cache, released_file):
     base, gets = server
     url = f"{base}/files/checkpoint.pth"
@@ -178,6 +182,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path, problem", [
     ("/missing.pth", "HTTP 404 Not Found"),
     ("/share/", "HTML page instead of a checkpoint"),
@@ -202,6 +207,7 @@ def test_every_failed_download_is_one_error_line_and_leaves_nothing(cli, store, 
     assert not (tmp_path / "mlflow.db").exists()               # checked before the store opened: no run at all
 
 
+@pytest.mark.e2e
 def test_an_unwritable_cache_is_one_error_line(cli, server, tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
@@ -210,6 +216,7 @@ def test_an_unwritable_cache_is_one_error_line(cli, server, tmp_path, monkeypatc
     assert_user_error(cli("weights", "download", url), url, "could not save", "RAIN_MLFLOW_CACHE", *WAYS_FORWARD)
 
 
+@pytest.mark.e2e
 def test_a_release_that_cannot_fit_the_model_is_refused_before_downloading(cli, store, server, cache, synthetic_csv,
                                                                            tmp_path, monkeypatch):
     base, gets = server
@@ -220,6 +227,7 @@ def test_a_release_that_cannot_fit_the_model_is_refused_before_downloading(cli, 
     assert sum(gets.values()) == before and cached_files(cache) == []
 
 
+@pytest.mark.e2e
 def test_transfer_dry_run_offline_without_weights_still_estimates(cli, store, cache, synthetic_csv, tmp_path,
                                                                   monkeypatch):
     monkeypatch.setenv("RAIN_MLFLOW_OFFLINE", "1")
@@ -230,14 +238,15 @@ def test_transfer_dry_run_offline_without_weights_still_estimates(cli, store, ca
             f"{cache / 'weights' / 'timer-xl-260b.pth'}") in result.out
     # 67,409,122 with 5 variables (docs/model.md); the record's gaps add one indicator variable, and the
     # last-token head has d_model x 2 = 2,048 weights per variable
-    for fragment in (f"{67_409_122 + 1024 * 2:,} parameters", "training memory (VRAM on a GPU), batch 16", "epoch time on cpu",
-                     "budget 7 GB"):
+    for fragment in (f"{67_409_122 + 1024 * 2:,} parameters", "training memory (VRAM on a GPU), batch 16",
+                     "epoch time on cpu", "budget 7 GB"):
         assert fragment in result.out, fragment
     assert cached_files(cache) == [] and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.e2e
 def test_dry_run_json_for_scripts(cli, store, server, cache, synthetic_csv, released_file, tmp_path):
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.data.source import load_clean
     from rain_mlflow.data.dataset import prepare
 
@@ -275,6 +284,7 @@ def three_hourly_year(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_mlflow_run_transfer_from_a_url_logs_where_the_weights_came_from(store, server, cache, released_file,
                                                                          three_hourly_year, tmp_path):
     url = f"{server[0]}/files/checkpoint.pth"

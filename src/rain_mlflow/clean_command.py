@@ -13,8 +13,8 @@ from rain_mlflow.data import accounting
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.clean import summary_lines
 from rain_mlflow.data.dataset import window_accounting
-from rain_mlflow.data.timing import time_line, time_params, time_settings
 from rain_mlflow.data.io import write_csv_atomic, write_json_atomic
+from rain_mlflow.data.timing import time_line, time_params, time_settings
 from rain_mlflow.tracking.experiments import connect
 from rain_mlflow.tracking.tracker import Tracker
 

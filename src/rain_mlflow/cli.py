@@ -4,8 +4,9 @@ bench).
 
 Every config field is an option of `train` (`--seq-len`, also spelled `--seq_len` because `mlflow run` passes an
 undeclared `-P seq_len=...` verbatim). Time settings (`--horizon 24h`, `--seq-len 60d`) take steps or a duration.
-Options default to "keep the preset's value"; the defaults themselves live in `config.py` / `presets.py`. Every
-user error ends with exit code 2 and one `error:` line on stderr.
+Options default to "keep the preset's value"; the defaults themselves live in `config/run.py` / `config/presets.py`.
+Each option's type (`config/params.py`) carries its rule: a run setting's is the field's own declaration. Every user
+error ends with exit code 2 and one `error:` line on stderr.
 
 Each command imports its library inside its body: `--help` and `compare` start without torch, pandas or MLflow.
 """
@@ -13,7 +14,6 @@ Each command imports its library inside its body: `--help` and `compare` start w
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -22,15 +22,29 @@ from typing import Any
 import click
 
 from rain_mlflow import __version__, cli_tools
-from rain_mlflow.config import (CHAMPION_ALIAS, DEFAULT_MODEL_URI, DIAGNOSIS_FLAGS, FIELD_SECTION, FIELDS, MODEL_NAME,
-                                field_type)
+from rain_mlflow.config import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_URI,
+    DIAGNOSIS_FLAGS,
+    FIELD_SECTION,
+    FIELDS,
+    MODEL_NAME,
+    params,
+)
+from rain_mlflow.config.choices import (
+    COMPARE_FORMATS,
+    DRY_RUN_FORMATS,
+    PRUNE_ON_DEFAULT,
+    PRUNERS,
+    SYNTH_GAPS,
+    TUNE_METRICS,
+)
 from rain_mlflow.console import ConsoleProgress, echo_lines, run
 from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.errors import UserError
-from rain_mlflow.options import Checked
 from rain_mlflow.tracking.store import tracking_uri
 
-EXPERIMENT = Checked("experiment", "text")
+EXPERIMENT = params.Text("experiment")
 BOOL = "BOOL"
 
 DATA_FIELDS = ("data", "date_col", "precip_col", "label_col", "features", "na_values", "freq",
@@ -42,26 +56,21 @@ COLUMN_FIELDS = ("date_col", "precip_col", "label_col", "features", "na_values",
 
 
 def config_options(names: Iterable[str]) -> Callable:
-    """Add one option per config field: `--seq-len` / `--seq_len`, raw text checked by the config."""
+    """Add one option per config field: `--seq-len` / `--seq_len`, checked with the field's own rule."""
     def decorate(command: Callable) -> Callable:
         for name in reversed(list(names)):
-            base, _ = field_type(name)
+            setting = params.Setting(name)
             help_text = FIELDS[name].metadata["help"]
             extra: dict[str, Any] = {}
-            if base is bool:  # usable bare (`--use-norm`) or with a value (`--use_norm false`)
+            if setting.base is bool:  # usable bare (`--use-norm`) or with a value (`--use_norm false`)
                 extra = dict(is_flag=False, flag_value="true")
                 help_text += " [true/false]"
             dashed = "--" + name.replace("_", "-")
             spellings = [dashed] if dashed == f"--{name}" else [dashed, f"--{name}"]
-            metavar = "N|DURATION" if FIELDS[name].metadata.get("duration") else _metavar(base)
-            command = click.option(*spellings, name, default=None, metavar=metavar, help=help_text,
-                                   **extra)(command)
+            command = click.option(*spellings, name, type=setting, default=None, metavar=setting.metavar(),
+                                   help=help_text, **extra)(command)
         return command
     return decorate
-
-
-def _metavar(base: type) -> str:
-    return {int: "INT", float: "NUM", bool: "BOOL", tuple: "A,B"}.get(base, "TEXT")
 
 
 def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
@@ -84,20 +93,20 @@ for _command in (cli_tools.weights, cli_tools.presets_command, cli_tools.sync, c
 
 
 @cli.command()
-@click.option("--output", default="data/synthetic.csv", show_default=True, type=Checked("output", "output_file"),
+@click.option("--output", default="data/synthetic.csv", show_default=True, type=params.OutputFile("output"),
               help="CSV file to write")
-@click.option("--years", default="11", show_default=True, metavar="NUM", type=Checked("years", "float", gt=0),
+@click.option("--years", default="11", show_default=True, metavar="NUM", type=params.Number("years", gt=0),
               help="length of the record in years")
-@click.option("--freq", default="1h", show_default=True, type=Checked("freq", "freq"),
+@click.option("--freq", default="1h", show_default=True, type=params.Frequency("freq"),
               help="time step (pandas frequency: 1h, 3h, 30min...)")
-@click.option("--seed", default="0", show_default=True, metavar="INT", type=Checked("seed", "int", min=0),
+@click.option("--seed", default="0", show_default=True, metavar="INT", type=params.Integer("seed", min=0),
               help="random seed (same seed, same file)")
 @click.option("--gaps", default="default", show_default=True, metavar="default|realistic",
-              type=Checked("gaps", "choice", choices=("default", "realistic")),
+              type=params.Choice("gaps", SYNTH_GAPS),
               help="damage: default, or realistic (an airport record: 3 %% of pressure missing in short runs, "
                    "14 lost gaps of 1-5 h a year, an 83 %%-empty wind_gust column; rain within 24 h in ~30 %% of "
                    "hours)")
-def synth(output: str, years: str, freq: str, seed: str, gaps: str) -> None:
+def synth(output: str, years: float, freq: str, seed: int, gaps: str) -> None:
     """Write a deterministic synthetic station record shaped like the user's data."""
     from rain_mlflow.synth import SynthConfig, write_synthetic
 
@@ -110,9 +119,9 @@ def synth(output: str, years: str, freq: str, seed: str, gaps: str) -> None:
 
 @cli.command()
 @config_options(CLEAN_FIELDS)
-@click.option("--output", default="data/clean.csv", show_default=True, type=Checked("output", "output_file"),
+@click.option("--output", default="data/clean.csv", show_default=True, type=params.OutputFile("output"),
               help="cleaned CSV to write")
-@click.option("--report", "report_path", default=None, type=Checked("report", "output_file"),
+@click.option("--report", "report_path", default=None, type=params.OutputFile("report"),
               help="JSON report to write [default: <output>.report.json]")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
@@ -122,7 +131,7 @@ def clean(output: str, report_path: str | None, experiment: str | None, **option
     The cleaned CSV keeps observed values only; the causal fill (last reading carried forward over at most
     --max-fill steps) happens when windows are made and is counted in the report.
     """
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.clean_command import run_clean
 
     cfg = presets.build(presets.DEFAULT_PRESET, overrides_from(options)).data
@@ -130,34 +139,34 @@ def clean(output: str, report_path: str | None, experiment: str | None, **option
 
 
 @cli.command()
-@click.option("--preset", default=None, type=Checked("preset", "preset"),
+@click.option("--preset", default=None, type=params.PresetName(),
               help="named configuration (see `rain-mlflow presets`) [default: small]")
 @config_options(FIELDS)
-@click.option("--resume", default=None, metavar="RUN_ID", type=Checked("resume", "run_id"),
+@click.option("--resume", default=None, metavar="RUN_ID", type=params.RunId("resume"),
               help="continue this killed run from its last epoch")
 @click.option("--reschedule", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Checked("reschedule", "bool"),
+              type=params.Flag("reschedule"),
               help="with --resume and a new --train-epochs: spread the LR schedule over the new number of epochs "
                    "(default: keep the original horizon)")
 @click.option("--force", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Checked("force", "bool"),
+              type=params.Flag("force"),
               help="with --resume: continue even if the run's trainer still looks alive (it is known to be gone)")
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=False, flag_value="true", default="false",
-              metavar=BOOL, type=Checked("dry_run", "bool"),
+              metavar=BOOL, type=params.Flag("dry_run"),
               help="resolve and estimate (sizes, VRAM, epoch time) without training")
 @click.option("--format", "--fmt", "fmt", default="text", metavar="text|json",
-              type=Checked("format", "choice", choices=("text", "json")),
+              type=params.Choice("format", DRY_RUN_FORMATS),
               help="with --dry-run: json prints one JSON object (config, windows, estimates, weights) for scripts")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--run-name", "--run_name", "run_name", default=None, type=Checked("run_name", "text"),
+@click.option("--run-name", "--run_name", "run_name", default=None, type=params.Text("run_name"),
               help="MLflow run name [default: the preset]")
-@click.option("--devices", default="1", show_default=True, metavar="INT", type=Checked("devices", "int", min=1),
+@click.option("--devices", default="1", show_default=True, metavar="INT", type=params.Integer("devices", min=1),
               help="train with N processes (one per GPU; gloo on CPU): launches `torchrun --nproc-per-node N`")
 def train(preset: str | None, resume: str | None, reschedule: bool, force: bool, dry_run: bool, fmt: str,
           experiment: str | None, run_name: str | None, devices: int, **options: Any) -> None:
     """Train a classifier and record everything in one MLflow run."""
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.train import distributed
     from rain_mlflow.train.run import TrainRequest, dry_run_training, run_training
 
@@ -180,29 +189,26 @@ def train(preset: str | None, resume: str | None, reschedule: bool, force: bool,
     echo_lines([json.dumps(planned.summary, indent=2, default=str)] if fmt == "json" else planned.lines)
 
 
-PRUNE_ON_DEFAULT = "stalled,oscillating,non_finite_loss,class_collapse"
-
-
 @cli.command()
-@click.option("--preset", default=None, type=Checked("preset", "preset"),
+@click.option("--preset", default=None, type=params.PresetName(),
               help="configuration the trials start from; the space changes some of its fields [default: small]")
 @config_options(FIELDS)
-@click.option("--space", default=None, metavar="FILE", type=Checked("space", "input_file"),
+@click.option("--space", default=None, metavar="FILE", type=params.InputFile("space"),
               help="YAML or JSON search space (docs/tuning.md) [default: the seeds' knobs around the preset]")
 @click.option("--n-trials", "--n_trials", "n_trials", default="20", show_default=True, metavar="INT",
-              type=Checked("n_trials", "int", min=1), help="trained trials in the study (all workers together)")
-@click.option("--timeout", default="", metavar="DURATION", type=Checked("timeout", "duration", optional=True),
+              type=params.Integer("n_trials", min=1), help="trained trials in the study (all workers together)")
+@click.option("--timeout", default="", metavar="DURATION", type=params.Duration("timeout", optional=True),
               help="stop starting trials after this long (3600, 90min, 2h) [default: no limit]")
-@click.option("--metric", default="val_mcc", show_default=True, type=Checked("metric", "choice", choices=(
-              "val_mcc", "val_f1", "val_accuracy", "val_loss")),
+@click.option("--metric", default="val_mcc", show_default=True, type=params.Choice("metric", TUNE_METRICS),
               help="validation metric the study optimises (at each trial's best epoch)")
 @click.option("--prune-on", "--prune_on", "prune_on", default=PRUNE_ON_DEFAULT, show_default=True, metavar="FLAGS",
-              type=Checked("prune_on", "flags"), help="diagnosis flags that prune a trial at once")
-@click.option("--pruner", default="median", show_default=True, type=Checked("pruner", "choice", choices=(
-              "median", "hyperband", "none")), help="Optuna's pruner on the reported metric")
-@click.option("--study", default=None, type=Checked("study", "text"),
+              type=params.DiagnosisFlags("prune_on"), help="diagnosis flags that prune a trial at once")
+@click.option("--pruner", default="median", show_default=True, type=params.Choice("pruner", PRUNERS),
+              help="Optuna's pruner on the reported metric")
+@click.option("--study", default=None, type=params.Text("study", pattern=r"[\w.-]+",
+                                                  pattern_text="letters, digits, '_', '-' or '.'"),
               help="study name; the same name on the same storage continues it [default: PRESET-DATE-TIME]")
-@click.option("--storage", default=None, type=Checked("storage", "text"),
+@click.option("--storage", default=None, type=params.Text("storage"),
               help="Optuna storage URL (postgresql://... shares a study between machines) "
                    "[default: sqlite optuna.db beside the MLflow sqlite store, else in this folder]")
 @click.option("--experiment", default=None, type=EXPERIMENT,
@@ -211,13 +217,11 @@ def tune(preset: str | None, space: str | None, n_trials: int, timeout: float | 
          prune_on: list[str], pruner: str, study: str | None, storage: str | None, experiment: str | None,
          **options: Any) -> None:
     """Search hyperparameters with Optuna: one MLflow run per trial, sick trials pruned by the diagnosis."""
-    from rain_mlflow import presets
+    from rain_mlflow.config import presets
     from rain_mlflow.tune.run import run_tune
     from rain_mlflow.tune.space import default_space, load
     from rain_mlflow.tune.study import TuneConfig, default_storage
 
-    if study is not None and not re.fullmatch(r"[\w.-]+", study):  # it goes into MLflow search filters
-        raise UserError(f"study must be letters, digits, '_', '-' or '.'; got {study!r}")
     overrides = overrides_from(options)
     base = presets.build(preset or presets.DEFAULT_PRESET, overrides)
     searched = load(space, base) if space else default_space(base)
@@ -234,7 +238,7 @@ def tune(preset: str | None, space: str | None, n_trials: int, timeout: float | 
 
 @cli.command()
 @click.option("--model-uri", "--model_uri", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
-              type=Checked("model_uri", "model_uri"), help="models:/NAME@ALIAS, a training run id, or a checkpoint path")
+              type=params.ModelUri("model_uri"), help="models:/NAME@ALIAS, a training run id, or a checkpoint path")
 @config_options(DATA_FIELDS)
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
@@ -258,7 +262,7 @@ def threshold_options(command: Callable | None = None, *, stored_default: bool =
             default = None if stored_default else f.default
             help_text = (f"diagnosis threshold {f.name} [default: the run's stored one, else {f.default}]"
                          if stored_default else f"diagnosis threshold {f.name}")
-            command = click.option(dashed, f"--{f.name}", f.name, type=type(f.default), default=default,
+            command = click.option(dashed, f"--{f.name}", f.name, type=params.Threshold(f.name), default=default,
                                    show_default=not stored_default, help=help_text)(command)
         return command
     return decorate(command) if command is not None else decorate
@@ -271,18 +275,18 @@ METRIC_MAP_HELP = ("read other metric names as ours: SOURCE=TARGET items and the
 @cli.command()
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="experiment to read [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--run-ids", "--run_ids", "run_ids", default=None, metavar="ID,ID", type=Checked("run_ids", "run_ids"),
+@click.option("--run-ids", "--run_ids", "run_ids", default=None, metavar="ID,ID", type=params.RunIds("run_ids"),
               help="only these runs")
-@click.option("--format", "--fmt", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+@click.option("--format", "--fmt", "fmt", type=params.Choice("format", COMPARE_FORMATS), default="table",
               show_default=True)
 @click.option("--write-tags/--no-write-tags", default=True, show_default=True,
               help="write the diagnosis tags onto the runs (the MLflow UI shows them)")
-@click.option("--fail-on", "--fail_on", "fail_on", default="", metavar="FLAGS", type=Checked("fail_on", "flags"),
+@click.option("--fail-on", "--fail_on", "fail_on", default="", metavar="FLAGS", type=params.DiagnosisFlags("fail_on"),
               help=f"exit 1 when one of these flags fires ({', '.join(DIAGNOSIS_FLAGS)})")
-@click.option("--report", "report_dir", default=None, metavar="DIR", type=Checked("report", "output_dir"),
+@click.option("--report", "report_dir", default=None, metavar="DIR", type=params.OutputDir("report"),
               help="write report.md and curves.png here")
 @click.option("--metric-map", "--metric_map", "metric_map", default="", metavar="MAP",
-              type=Checked("metric_map", "metric_map"), help=METRIC_MAP_HELP)
+              type=params.MetricMap("metric_map"), help=METRIC_MAP_HELP)
 @threshold_options
 def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_tags: bool, fail_on: list[str],
             report_dir: str | None, metric_map: str, **thresholds: Any) -> None:
@@ -299,19 +303,19 @@ def compare(experiment: str | None, run_ids: list[str] | None, fmt: str, write_t
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="experiment to choose from [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
 @click.option("--model-name", "--model_name", "model_name", default=MODEL_NAME, show_default=True,
-              type=Checked("model_name", "text"))
-@click.option("--metric", default="val_f1", show_default=True, type=Checked("metric", "text"),
+              type=params.Text("model_name"))
+@click.option("--metric", default="val_f1", show_default=True, type=params.Text("metric"),
               help="validation metric (val_*) compared at each run's best epoch")
-@click.option("--alias", default=CHAMPION_ALIAS, show_default=True, type=Checked("alias", "alias"))
+@click.option("--alias", default=CHAMPION_ALIAS, show_default=True, type=params.Alias("alias"))
 @click.option("--allow-flagged", "--allow_flagged", "allow_flagged", is_flag=False, flag_value="true",
-              default="false", metavar=BOOL, type=Checked("allow_flagged", "bool"),
+              default="false", metavar=BOOL, type=params.Flag("allow_flagged"),
               help="also consider runs with diagnosis flags")
 @click.option("--allow-test-metric", "--allow_test_metric", "allow_test_metric", is_flag=False, flag_value="true",
-              default="false", metavar=BOOL, type=Checked("allow_test_metric", "bool"),
+              default="false", metavar=BOOL, type=params.Flag("allow_test_metric"),
               help="allow a test_* --metric (choosing on the test set makes its score optimistic)")
-@click.option("--run-id", "--run_id", "run_id", default=None, type=Checked("run_id", "run_id"),
+@click.option("--run-id", "--run_id", "run_id", default=None, type=params.RunId("run_id"),
               help="promote this run instead of choosing one")
-@click.option("--study", default=None, type=Checked("study", "text"),
+@click.option("--study", default=None, type=params.Text("study"),
               help="choose only among the trials of this `tune` study")
 @threshold_options(stored_default=True)
 def promote(experiment: str | None, model_name: str, metric: str, alias: str, allow_flagged: bool,
@@ -328,22 +332,22 @@ def promote(experiment: str | None, model_name: str, metric: str, alias: str, al
 
 @cli.command("import-log")
 @click.argument("logfiles", nargs=-1, metavar="LOGFILE...")
-@click.option("--log", "log", default=None, metavar="LOGFILE", type=Checked("log", "input_file"),
+@click.option("--log", "log", default=None, metavar="LOGFILE", type=params.InputFile("log"),
               help="one more log file (the spelling `mlflow run -e import-log -P log=...` uses)")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--preset", default=None, type=Checked("preset", "text"),
+@click.option("--preset", default=None, type=params.Text("preset"),
               help="preset the logged run used (a label: tag `preset`)")
-@click.option("--run-name", "--run_name", "run_name", default=None, type=Checked("run_name", "text"),
+@click.option("--run-name", "--run_name", "run_name", default=None, type=params.Text("run_name"),
               help="run name [default: the log's file name]")
 @click.option("--vram-budget-gb", "--vram_budget_gb", "vram_budget_gb", default=None, metavar="NUM",
-              type=Checked("vram_budget_gb", "float", gt=0, optional=True),
+              type=params.Number("vram_budget_gb", gt=0, optional=True),
               help="the run's VRAM budget (param vram_budget_gb), e.g. 7 for transfer, 5 for small")
 @click.option("--vram-peak-gb", "--vram_peak_gb", "vram_peak_gb", default=None, metavar="NUM",
-              type=Checked("vram_peak_gb", "float", gt=0, optional=True),
+              type=params.Number("vram_peak_gb", gt=0, optional=True),
               help="the peak VRAM you saw, for logs that print none (logged at every epoch)")
 def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | None, preset: str | None,
-               run_name: str | None, vram_budget_gb: str | None, vram_peak_gb: str | None) -> None:
+               run_name: str | None, vram_budget_gb: float | None, vram_peak_gb: float | None) -> None:
     """Turn OpenLTM run.py classification logs into FINISHED MLflow runs (one per log) that compare reads."""
     from rain_mlflow.import_log import import_logs
 
@@ -353,11 +357,11 @@ def import_log(logfiles: tuple[str, ...], log: str | None, experiment: str | Non
 
 
 @cli.command("main")
-@click.option("--preset", default="smoke", show_default=True, type=Checked("preset", "preset"),
+@click.option("--preset", default="smoke", show_default=True, type=params.PresetName(),
               help="preset trained by the pipeline")
 @click.option("--experiment", default=None, type=EXPERIMENT,
               help="MLflow experiment [default: MLFLOW_EXPERIMENT_NAME or rain-timerxl]")
-@click.option("--workdir", default="outputs", show_default=True, type=Checked("workdir", "output_dir"),
+@click.option("--workdir", default="outputs", show_default=True, type=params.OutputDir("workdir"),
               help="where the synthetic and cleaned CSVs go")
 def main_command(preset: str, experiment: str | None, workdir: str) -> None:
     """The whole pipeline on the embedded defaults: synth, clean, train, test, compare, promote."""

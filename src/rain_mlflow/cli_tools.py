@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from rain_mlflow import weights as released
+from rain_mlflow.config import params
 from rain_mlflow.errors import UserError
-from rain_mlflow.options import Checked
 from rain_mlflow.weights import DEFAULT_RELEASE, Source
 
 BOOL = "BOOL"
@@ -78,7 +78,7 @@ def _remote_weights(name: str) -> Source:
 @click.command("sync")
 @click.argument("folder", required=False, metavar="RUN_FOLDER")
 @click.option("--run-folder", "--run_folder", "run_folder", default="", metavar="RUN_FOLDER",
-              type=Checked("run_folder", "text", optional=True),
+              type=params.Text("run_folder", optional=True),
               help="the run folder (the spelling `mlflow run -e sync -P run_folder=...` uses)")
 def sync(folder: str | None, run_folder: str | None) -> None:
     """Deliver the writes a training run kept locally during a tracking outage (RUN_FOLDER: rain-runs/<run id>)."""
@@ -94,9 +94,9 @@ def sync(folder: str | None, run_folder: str | None) -> None:
 
 @click.command("bench")
 @click.option("--quick", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Checked("quick", "bool"), help="small shapes and few repetitions (CI); never fails on timing")
+              type=params.Flag("quick"), help="small shapes and few repetitions (CI); never fails on timing")
 @click.option("--gpu", is_flag=False, flag_value="true", default="false", metavar=BOOL,
-              type=Checked("gpu", "bool"), help="also measure the CUDA section (epoch time, peak VRAM, MFU)")
+              type=params.Flag("gpu"), help="also measure the CUDA section (epoch time, peak VRAM, MFU)")
 def bench_command(quick: bool, gpu: bool) -> None:
     """Every benchmark side by side: one table, figures in bench/results.json (needs a source checkout)."""
     checkout = bench_checkout()
@@ -122,7 +122,7 @@ def bench_checkout() -> str:
 @click.command("presets")
 def presets_command() -> None:
     """List the named presets and their main settings."""
-    from rain_mlflow import presets  # imports pandas: not for the other commands' start-up
+    from rain_mlflow.config import presets  # imports pandas: not for the other commands' start-up
 
     header = f"{'preset':16} {'layers':>6} {'d_model':>7} {'d_ff':>5} {'heads':>5} {'seq_len':>7} {'batch':>5} " \
              f"{'lr':>7} {'epochs':>6} {'VRAM GB':>7}  pretrained  summary"

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from sklearn.metrics import classification_report, roc_auc_score
 
-from rain_mlflow import plots, presets
+from rain_mlflow import plots
+from rain_mlflow.config import presets
 from rain_mlflow.config import DEFAULT_MODEL_URI, SYNTHETIC, RunConfig
 from rain_mlflow.data.source import load_clean
 from rain_mlflow.data.dataset import EvalWindows, evaluation_windows, prepare

@@ -161,7 +161,7 @@ def _put_params(log: ParsedLog, values: dict[str, int]) -> str | None:
     return None
 
 
-def positive_number(option: str, text: str | None) -> float | None:
+def positive_number(option: str, text: str | float | None) -> float | None:
     """An optional option such as --vram-budget-gb: '' or None -> None; otherwise a number > 0."""
     if text is None or not str(text).strip():
         return None
@@ -177,8 +177,8 @@ def positive_number(option: str, text: str | None) -> float | None:
 # ---- the command: one FINISHED run per log -----------------------------------------------------------------------
 
 def import_logs(paths: list[str], *, experiment: str | None = None, preset: str | None = None,
-                run_name: str | None = None, vram_budget_gb: str | None = None,
-                vram_peak_gb: str | None = None) -> list[dict[str, Any]]:
+                run_name: str | None = None, vram_budget_gb: str | float | None = None,
+                vram_peak_gb: str | float | None = None) -> list[dict[str, Any]]:
     """Import each log as a run of `experiment` (module docstring); a log imported before is left alone. One
     result per log, with the `line` the command prints for it.
 

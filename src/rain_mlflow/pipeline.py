@@ -18,7 +18,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from rain_mlflow import presets
+from rain_mlflow.config import presets
 from rain_mlflow.clean_command import run_clean
 from rain_mlflow.compare.command import run_tracked
 from rain_mlflow.config import CHAMPION_ALIAS as ALIAS

@@ -19,18 +19,19 @@ empty 83 % of the time, since gusts are only reported when it is gusty) in a dri
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from rain_mlflow.config.choices import SYNTH_GAPS as GAPS
 from rain_mlflow.data.io import write_csv_atomic
 from rain_mlflow.errors import ConfigError
 
 START = "2014-01-01"
 COLUMNS = ("date", "precipitation", "temperature", "relative_humidity", "pressure", "wind_speed")
-GAPS = ("default", "realistic")
 RAIN_LEVEL = {"default": 0.95, "realistic": 2.1}  # moisture level above which it rains (2.1: ~30 % rainy days)
 # The airport record, per year of hourly data: pressure gaps (share of readings, run lengths 1-9 h mostly short),
 # whole hours lost, and how often a gust is reported.
@@ -187,17 +188,37 @@ def observed_at(frame: pd.DataFrame, hours: tuple[int, ...] = (7, 13, 19)) -> pd
     return observed.iloc[1:].reset_index(drop=True)
 
 
+EMBEDDED_YEARS_ENV = "RAIN_MLFLOW_SYNTH_YEARS"
+EMBEDDED_YEARS = 11.0  # the user's record is 11 years of hourly readings
+
+
+def embedded_years() -> float:
+    """The embedded record's length: 11 years, or $RAIN_MLFLOW_SYNTH_YEARS. The test of `main` sets it to train the
+    whole pipeline in a fraction of the time; nothing else should need it."""
+    text = os.environ.get(EMBEDDED_YEARS_ENV, "").strip()
+    if not text:
+        return EMBEDDED_YEARS
+    try:
+        years = float(text)
+    except ValueError:
+        years = math.nan
+    if not math.isfinite(years) or years <= 0:
+        raise ConfigError(f"{EMBEDDED_YEARS_ENV} must be a number of years > 0; got {text!r}")
+    return years
+
+
 @dataclass(frozen=True)
 class SynthConfig:
-    """Settings of `rain-mlflow synth` (the MLproject `synth` entry point has the same names)."""
+    """Settings of `rain-mlflow synth` (the MLproject `synth` entry point has the same names). Left at its defaults,
+    it is the embedded record (`main`, `--data synthetic`), whose length `embedded_years` gives."""
 
-    years: float = 11.0
+    years: float = field(default_factory=embedded_years)
     freq: str = "1h"
     seed: int = 0
     gaps: str = "default"
 
     @classmethod
-    def parse(cls, years: str, freq: str, seed: str, gaps: str = "default") -> SynthConfig:
+    def parse(cls, years: str | float, freq: str, seed: str | int, gaps: str = "default") -> SynthConfig:
         try:
             years_value = float(years)
         except ValueError:
@@ -213,8 +234,9 @@ class SynthConfig:
         return cls(years_value, freq, seed_value, gaps)
 
 
-def write_synthetic(output: str, cfg: SynthConfig = SynthConfig()) -> pd.DataFrame:
-    """Write the synthetic record to `output` (atomically) and return it."""
+def write_synthetic(output: str, cfg: SynthConfig | None = None) -> pd.DataFrame:
+    """Write the synthetic record to `output` (atomically) and return it (the embedded record by default)."""
+    cfg = cfg or SynthConfig()
     frame = synthetic_frame(cfg.years, cfg.freq, cfg.seed, cfg.gaps)
     write_csv_atomic(frame, output)
     return frame

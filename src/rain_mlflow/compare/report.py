@@ -10,14 +10,14 @@ from statistics import fmean
 from typing import Any
 
 from rain_mlflow.compare.histories import ReadRun
+from rain_mlflow.config.choices import COMPARE_FORMATS
 from rain_mlflow.diagnostics.history import RunHistory, is_finite
-from rain_mlflow.diagnostics.rules import Finding, RULE_NEEDS, diagnose, diagnosis_tag, skipped
+from rain_mlflow.diagnostics.rules import RULE_NEEDS, Finding, diagnose, diagnosis_tag, skipped
 from rain_mlflow.diagnostics.tags import diagnosis_tags
 from rain_mlflow.diagnostics.thresholds import Thresholds
 from rain_mlflow.diagnostics.text import format_duration
 
-FORMATS = ("table", "json", "markdown")
-
+FORMATS = COMPARE_FORMATS  # the renderers below, one per format
 
 @dataclass(frozen=True)
 class RunReport:

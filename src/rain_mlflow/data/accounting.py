@@ -38,8 +38,8 @@ def select_windows(missing: np.ndarray, labels: np.ndarray, columns: tuple[str, 
     known = ~np.isnan(labels)
     ends, splits, candidates_all = {}, {}, []
     for name, (first, last) in ranges.items():
-        stride = cfg.window_stride if name == "train" else 1
-        candidates = candidate_ends(first, last, window, cfg.horizon, stride)
+        stride = cfg.window_stride_steps if name == "train" else 1
+        candidates = candidate_ends(first, last, window, cfg.horizon_steps, stride)
         label_ok = known[candidates]
         input_ok = ~input_bad[candidates]
         ends[name] = candidates[label_ok & input_ok]

@@ -4,7 +4,8 @@ Rules, in order: parse dates (unparseable ones are an error, empty ones are drop
 columns (an all-text column is ignored and reported, a column mixing numbers and text is an error); sort; drop
 duplicate timestamps (first kept); a record observed at a few fixed times of day (e.g. 07, 13 and 19 h) is
 recognised as such and resampled to a regular grid (`freq`, default 1D: see `_resample`); reindex to the regular
-frequency (given, or the most common step), so gaps become explicit missing rows; check precipitation (not all missing, never negative); check a given label (0/1);
+frequency (given, or the most common step), so gaps become explicit missing rows; check precipitation (not all
+missing, never negative); check a given label (0/1);
 drop features missing in more than `max_missing_fraction` of the TRAINING period's steps (the later periods never
 decide what the data is). The cleaned record keeps observed values only: no cell is filled here. The causal fill
 (last observation carried forward over at most `max_fill` steps, `data/missing.py`) happens when windows are made;
@@ -13,6 +14,7 @@ the report counts, per column, the cells it will fill and the cells still missin
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +66,7 @@ def clean(raw: pd.DataFrame, cfg: DataConfig, source: str) -> CleanResult:
     if cfg.label_col is not None:
         _check_label(frame[cfg.label_col], cfg.label_col)
     features = _choose_features(frame, cfg, precip, report)
-    max_fill = cfg.in_steps(step).max_fill  # also refuses a duration that is not a whole number of steps
+    max_fill = cfg.in_steps(step).max_fill_steps  # also refuses a duration that is not a whole number of steps
     report.update(max_fill=max_fill, max_fill_default=cfg.max_fill is None)
     report["columns"] = {c: _column_report(frame[c], c != precip, max_fill, frame[cfg.date_col])
                          for c in dict.fromkeys([*([precip] if precip else []), *features])}
@@ -151,10 +153,8 @@ def _missing_tokens_to_nan(values: pd.Series, na_values: tuple[str, ...]) -> pd.
     if pd.api.types.is_numeric_dtype(values):
         numbers = []
         for token in tokens:
-            try:
+            with contextlib.suppress(ValueError):  # a word token (e.g. 'NA') is no number to mask
                 numbers.append(float(token))
-            except ValueError:
-                pass
         return values.mask(values.isin(numbers)) if numbers else values
     text = values.astype("string").str.strip()
     return values.mask(text.isin(tokens))
@@ -337,9 +337,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     ]
     schedule = report.get("schedule")
     if schedule:
+        default = " (the default; choose another with --freq)" if schedule["grid_default"] else ""
         lines.append(f"schedule: observed at fixed times {', '.join(schedule['times'])}; resampled to a regular "
-                     f"{schedule['grid']} grid{' (the default; choose another with --freq)' if schedule['grid_default'] else ''}: "
-                     f"{schedule['aggregation']}")
+                     f"{schedule['grid']} grid{default}: {schedule['aggregation']}")
     lines.append(f"columns (the causal fill carries a reading forward over at most {report['max_fill']} steps "
                  "when windows are made; precipitation is never carried):")
     for column, info in report["columns"].items():

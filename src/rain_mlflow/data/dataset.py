@@ -26,7 +26,7 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from rain_mlflow.config import DataConfig, RunConfig
-from rain_mlflow.durations import data_kind, describe_span, steps_text
+from rain_mlflow.config.durations import data_kind, describe_span, steps_text
 from rain_mlflow.data import accounting
 from rain_mlflow.data.clean import CleanResult
 from rain_mlflow.data.missing import MissingPolicy, model_inputs, still_missing
@@ -117,7 +117,7 @@ def effective_window(cfg: RunConfig, notes: list[str]) -> int:
     window = cfg.effective_seq_len
     if window != cfg.data.seq_len:
         note = (f"seq_len {cfg.data.seq_len} is not a multiple of input_token_len {cfg.model.input_token_len}: "
-                f"using the most recent {window} steps of each window (the oldest {cfg.data.seq_len - window} "
+                f"using the most recent {window} steps of each window (the oldest {cfg.data.seq_len_steps - window} "
                 "are dropped)")
         notes.append(note)
         log.warning(note)
@@ -148,7 +148,8 @@ def check_degenerate(splits: dict[str, Split], cfg: RunConfig, step: pd.Timedelt
     if d.label_col is not None:
         decided = f"the label column {d.label_col!r} and the {fractions}"
     else:
-        decided = (f"horizon {steps_text(d.horizon)} (= {describe_span(d.horizon * step)} of {data_kind(step)}),"
+        decided = (f"horizon {steps_text(d.horizon_steps)} (= {describe_span(d.horizon_steps * step)} of "
+                   f"{data_kind(step)}),"
                    f" rain_threshold {d.rain_threshold:g}, {fractions}")
     message = (f"degenerate task: {'; '.join(problems)}; class shares: {shares}; decided by {decided}")
     if d.allow_degenerate:
@@ -164,7 +165,7 @@ def window_labels(cleaned: CleanResult, d: DataConfig) -> np.ndarray:
     if d.label_col is not None:
         return cleaned.frame[d.label_col].to_numpy(dtype=np.float64)
     precip = cleaned.frame[cleaned.report["precip_col"]].to_numpy(dtype=np.float64)
-    return rain_labels(precip, d.horizon, d.rain_threshold)
+    return rain_labels(precip, d.horizon_steps, d.rain_threshold)
 
 
 def window_accounting(cleaned: CleanResult, d: DataConfig) -> dict[str, Any]:
@@ -174,7 +175,7 @@ def window_accounting(cleaned: CleanResult, d: DataConfig) -> dict[str, Any]:
     carried = [c != cleaned.report.get("precip_col") for c in columns]
     missing = still_missing(data_array(cleaned.frame, columns), cleaned.max_fill, carried)
     labels = window_labels(cleaned, d)
-    return accounting.select_windows(missing, labels, columns, d, d.seq_len, cleaned.max_fill)[1]
+    return accounting.select_windows(missing, labels, columns, d, d.seq_len_steps, cleaned.max_fill)[1]
 
 
 def precipitation(cleaned: CleanResult) -> np.ndarray | None:
@@ -183,7 +184,7 @@ def precipitation(cleaned: CleanResult) -> np.ndarray | None:
 
 
 def persistence_forecast(cleaned: CleanResult, d: DataConfig, labels: np.ndarray) -> np.ndarray:
-    return persistence(precipitation(cleaned), labels, d.horizon, d.rain_threshold)
+    return persistence(precipitation(cleaned), labels, d.horizon_steps, d.rain_threshold)
 
 
 def data_array(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
@@ -212,7 +213,7 @@ def prepare(cleaned: CleanResult, cfg: RunConfig) -> PreparedData:
     window = effective_window(cfg, notes)
     columns = tuple(cleaned.features)
     train_end, val_end = split_bounds(len(frame), d)
-    if window + d.horizon > train_end:
+    if window + d.horizon_steps > train_end:
         raise ConfigError(
             f"seq_len {d.seq_len} (effective {window}) is longer than the training split allows: the training "
             f"split has {train_end} steps and a window needs {window} input steps plus horizon {d.horizon}; "
@@ -243,7 +244,7 @@ def prepare(cleaned: CleanResult, cfg: RunConfig) -> PreparedData:
                              counts["candidates"] - counts["kept"], first, last, counts["candidates"])
     check_degenerate(splits, cfg, cleaned.step, notes)
     return PreparedData(series=series, raw=raw, dates=pd.DatetimeIndex(frame[d.date_col]),
-                        features=policy.variables, window=window, horizon=d.horizon, splits=splits,
+                        features=policy.variables, window=window, horizon=d.horizon_steps, splits=splits,
                         scaler_mean=scaler_mean, scaler_scale=scaler_scale, policy=policy, accounting=report,
                         persistence=forecast, notes=notes)
 
@@ -274,7 +275,7 @@ def evaluation_windows(cleaned: CleanResult, cfg: RunConfig, policy: MissingPoli
     labels = window_labels(cleaned, d)
     n = len(frame)
     first = split_bounds(n, d)[1] if test_split_only else 0
-    candidates = candidate_ends(first, n, window, d.horizon)
+    candidates = candidate_ends(first, n, window, d.horizon_steps)
     usable = ~np.isnan(labels)
     if policy.mode == "exclude":
         usable &= ~touching(still_missing(raw, policy.max_fill, policy.carried).any(axis=1), window)

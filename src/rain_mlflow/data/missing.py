@@ -53,7 +53,7 @@ class MissingPolicy:
         carried = tuple(c != precip_col for c in columns)
         indicators: tuple[str, ...] = ()
         if cfg.missing == "mask":
-            with_gaps = [c for c, gaps in zip(columns, missing_in_training.any(axis=0)) if gaps]
+            with_gaps = [c for c, gaps in zip(columns, np.atleast_1d(missing_in_training.any(axis=0))) if gaps]
             if cfg.missing_indicators == "per_feature":
                 indicators = tuple(INDICATOR_PREFIX + c for c in with_gaps)
             elif with_gaps:
@@ -90,10 +90,10 @@ def carry_forward(x: Any, max_fill: int, carried: Any, in_place: bool = False) -
     observed = ~torch.isnan(x)
     steps = torch.arange(x.shape[-2], device=x.device)[:, None].expand(x.shape)
     last = torch.cummax(torch.where(observed, steps, torch.full_like(steps, -1)), dim=-2).values
-    source = torch.gather(x, -2, last.clamp(min=0))
+    latest = torch.gather(x, -2, last.clamp(min=0))
     carried_t = torch.as_tensor(carried, device=x.device)
-    fill = ~observed & (last >= 0) & (steps - last <= max_fill) & carried_t
-    return torch.where(fill, source, x)
+    fillable = ~observed & (last >= 0) & (steps - last <= max_fill) & carried_t
+    return torch.where(fillable, latest, x)
 
 
 def still_missing(raw: np.ndarray, max_fill: int, carried: Any) -> np.ndarray:
@@ -147,10 +147,10 @@ def model_inputs(raw: Any, mean: Any, scale: Any, policy: MissingPolicy) -> tupl
     import torch  # only torch input gets here; `clean` (numpy only) starts without torch
 
     filled = carry_forward(raw, policy.max_fill, policy.carried)
-    missing = torch.isnan(filled)
-    scaled = torch.where(missing, torch.zeros_like(filled), (filled - mean) / scale)
-    extra = [_indicator(missing, name, policy.columns).to(scaled.dtype) for name in policy.indicators]
-    return torch.cat([scaled, *extra], dim=-1), missing
+    still = torch.isnan(filled)
+    standard = torch.where(still, torch.zeros_like(filled), (filled - mean) / scale)
+    extra = [_indicator(still, name, policy.columns).to(standard.dtype) for name in policy.indicators]
+    return torch.cat([standard, *extra], dim=-1), still
 
 
 def _indicator(missing: Any, name: str, columns: tuple[str, ...]) -> Any:

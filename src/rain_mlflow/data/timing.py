@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from rain_mlflow.config import TIME_FIELDS, DataConfig
-from rain_mlflow.durations import describe_span, steps_text
+from rain_mlflow.config.durations import describe_span, steps_text
 
 
 def time_settings(given: DataConfig, steps: DataConfig, step: pd.Timedelta) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from rain_mlflow.config import DataConfig
 
 
 def gather(series: Any, ends: Any, window: int) -> Any:
     """Windows ending at `ends` as [len(ends), window, C]; numpy in, numpy out; torch in, torch out (same device)."""
+    offsets: Any
     if isinstance(series, np.ndarray):
         offsets = np.arange(1 - window, 1)
     else:
@@ -80,9 +82,9 @@ def persistence(precip: np.ndarray | None, labels: np.ndarray, horizon: int, thr
     return earlier.astype(np.int64)
 
 
-def touching(bad_steps: np.ndarray, window: int) -> np.ndarray:
+def touching(bad_steps: npt.ArrayLike, window: int) -> np.ndarray:
     """out[t] is True when the window ending at t contains a True step (or starts before step 0)."""
-    counts = _window_sums(bad_steps.astype(np.float64), window)
+    counts = _window_sums(np.asarray(bad_steps, dtype=np.float64), window)
     out = counts > 0
     out[: window - 1] = True
     return out

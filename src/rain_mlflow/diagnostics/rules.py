@@ -55,9 +55,10 @@ def noise_floor(z: float, *samples: tuple[float, int | None]) -> float | None:
     """z standard errors of an accuracy (one sample) or of a difference of two (two samples), each sample being
     (accuracy p, windows n): z * sqrt(sum of p (1 - p) / n). None when a window count is unknown: the rule then
     judges by its threshold alone, as it did before counts were logged."""
-    if any(n is None or n < 1 for _, n in samples):
+    counted = [(p, n) for p, n in samples if n is not None and n >= 1]
+    if len(counted) < len(samples):
         return None
-    return z * math.sqrt(sum(p * (1 - p) / n for p, n in samples))
+    return z * math.sqrt(sum(p * (1 - p) / n for p, n in counted))
 
 
 def _floor_text(floor: float | None, z: float, windows: str, unknown: str) -> str:
@@ -252,7 +253,8 @@ def dead_run(history: RunHistory, thresholds: Thresholds, now_ms: int) -> Findin
     basis = (f"max({thresholds.dead_factor:g} x mean epoch_time_s {format_duration(mean_epoch_s)}, "
              f"{format_duration(thresholds.dead_min_seconds)})" if mean_epoch_s is not None
              else "dead_min_seconds; no epoch_time_s logged")
-    evidence = f"status RUNNING but {last} was logged {format_duration(silent_s)} ago (limit {format_duration(limit_s)} = {basis})"
+    evidence = (f"status RUNNING but {last} was logged {format_duration(silent_s)} ago "
+                f"(limit {format_duration(limit_s)} = {basis})")
     return Finding("dead_run", evidence, tuple(epochs[-1:]),
                    {"silent_s": silent_s, "limit_s": limit_s, "mean_epoch_time_s": mean_epoch_s})
 

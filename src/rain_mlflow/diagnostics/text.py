@@ -41,9 +41,10 @@ def format_epochs(epochs: Iterable[int]) -> str:
     """`[1, 2, 3, 5]` -> `1-3, 5`."""
     ordered = sorted(set(epochs))
     parts: list[str] = []
-    start = prev = None
-    for epoch in ordered + [None]:
-        if start is not None and (epoch is None or epoch != prev + 1):
+    start: int | None = None
+    prev: int | None = None
+    for epoch in [*ordered, None]:
+        if start is not None and prev is not None and (epoch is None or epoch != prev + 1):
             parts.append(str(start) if start == prev else f"{start}-{prev}")
             start = None
         if epoch is not None and start is None:

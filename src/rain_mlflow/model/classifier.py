@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rain_mlflow.config import POOLINGS
 from rain_mlflow.model.timerxl import TimerXL
-
-POOLINGS = ("last", "mean", "attention")
 
 
 class AttentionPool(nn.Module):
@@ -85,6 +84,7 @@ class RainClassifier(nn.Module):
         tokens = features.flatten(1, 2)  # [B, C * N, D]
         if self.pooling == "mean":
             return tokens.mean(dim=1)
+        assert self.attention_pool is not None  # built for pooling == "attention"
         return self.attention_pool(tokens)
 
     def _check_input(self, x: Tensor) -> None:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-ACTIVATIONS = ("relu", "gelu")
+from rain_mlflow.config import ACTIVATIONS
+
 ROPE_BASE = 10000.0
 NORM_EPS = 1e-5  # added to the variance inside the sqrt, as the official use_norm does
 _MAX_CACHED_LAYOUTS = 16  # distinct (C, N, device, dtype) grids kept; callers use one or two shapes
@@ -88,6 +89,7 @@ class VariableBias(nn.Module):
         The official path adds the bias to the raw q.k scores and scales the sum, so the bias is scaled too.
         Rebuilt every call because the bias is learned; broadcast over the batch to keep memory O(H T^2).
         """
+        assert layout.same_var is not None and layout.blocked is not None  # a single variable needs no mask
         weight = self.emb.weight * scale  # [2, H]
         bias = torch.where(layout.same_var, weight[1][:, None, None], weight[0][:, None, None])
         return bias.masked_fill(layout.blocked, float("-inf")).unsqueeze(0).to(dtype)

@@ -35,7 +35,7 @@ from rain_mlflow.errors import UserError
 from rain_mlflow.model import checkpoint
 from rain_mlflow.model.factory import build_classifier
 from rain_mlflow.model.transfer import load_pretrained_backbone, shapes_of
-from rain_mlflow.presets import time_meaning
+from rain_mlflow.config.presets import time_meaning
 from rain_mlflow.progress import SILENT, Progress
 from rain_mlflow.tracking import ui
 from rain_mlflow.tracking.datasets import data_digest, same_data

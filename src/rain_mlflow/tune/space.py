@@ -53,6 +53,7 @@ class Param:
         if self.kind == "float":
             return {self.name: trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)}
         if self.kind == "int":
+            assert self.low is not None and self.high is not None  # `_param` gives a numeric kind both bounds
             return {self.name: trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
                                                  step=int(self.step or 1))}
         if self.kind == "categorical":
@@ -167,6 +168,7 @@ def _param(name: str, spec: Any, base: RunConfig, source: str) -> Param:
             words = "an integer" if kind == "int" else "a number"
             raise ConfigError(f"{where}.{key} must be {words}; got {value!r}")
         _valid(base, {name: value}, f"{where}.{key}")
+    assert low is not None and high is not None  # checked just above
     if not low < high:
         raise ConfigError(f"{where}.low must be below high; got low={low}, high={high}")
     if not isinstance(log, bool):

@@ -22,12 +22,13 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from sqlalchemy.exc import SQLAlchemyError
 
 from rain_mlflow.config import RunConfig
+from rain_mlflow.config.choices import PRUNERS as PRUNERS  # the pruners `_pruner` builds
 from rain_mlflow.errors import ConfigError, UserError
 from rain_mlflow.progress import SILENT, Progress
 from rain_mlflow.tracking import liveness
@@ -39,8 +40,8 @@ from rain_mlflow.tune.space import Space
 
 log = logging.getLogger(__name__)
 STUDY_TAG, TRIAL_TAG = "tune.study", "tune.trial"
-DIRECTION = {"val_loss": "minimize", "val_f1": "maximize", "val_accuracy": "maximize", "val_mcc": "maximize"}
-PRUNERS = ("median", "hyperband", "none")
+DIRECTION: dict[str, Literal["minimize", "maximize"]] = {
+    "val_loss": "minimize", "val_f1": "maximize", "val_accuracy": "maximize", "val_mcc": "maximize"}
 JUST_STARTED_S = 300  # a RUNNING trial with no owner recorded yet is a peer's for this long
 INVALID_LIMIT = 10  # x n_trials sampled configs the config refuses before the study gives up
 

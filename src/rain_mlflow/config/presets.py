@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from rain_mlflow.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from rain_mlflow.durations import data_kind, describe_span, steps_text
+from rain_mlflow.config.durations import data_kind, describe_span, steps_text
+from rain_mlflow.config.run import DataConfig, ModelConfig, RunConfig, TrainConfig
 from rain_mlflow.errors import ConfigError
 from rain_mlflow.weights import DEFAULT_RELEASE
 
@@ -151,8 +151,9 @@ def time_meaning(cfg: RunConfig, step: pd.Timedelta, window: int) -> list[str]:
     token = cfg.model.input_token_len
     lines = [f"window {window} steps = {describe_span(window * step)} of {kind}; tokens of {token} steps = "
              f"{describe_span(token * step)}, {window // token} per window",
-             f"horizon {steps_text(cfg.data.horizon)} = {describe_span(cfg.data.horizon * step)}: the label is rain "
-             f"(> {cfg.data.rain_threshold:g}) in the next {describe_span(cfg.data.horizon * step)}"]
+             f"horizon {steps_text(cfg.data.horizon_steps)} = {describe_span(cfg.data.horizon_steps * step)}: the "
+             f"label is rain (> {cfg.data.rain_threshold:g}) in the next "
+             f"{describe_span(cfg.data.horizon_steps * step)}"]
     if step != PRESET_STEP and cfg.preset in PRESETS:
         preset = PRESETS[cfg.preset].build()
         if isinstance(preset.data.seq_len, int):

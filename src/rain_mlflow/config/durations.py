@@ -1,7 +1,7 @@
 """Time settings: a step count (`24`) or a duration (`24h`, `3h`, `60d`: pandas offset aliases), and how to say
 what a number of steps means for data of a given time step ("24 steps = 1 day of hourly data").
 
-Used by the config (`config.py`) to check a value as given and to resolve it once the data's step is known.
+Used by the config (`run.py`, `rules.py`) to check a value as given and to resolve it once the data's step is known.
 """
 
 from __future__ import annotations

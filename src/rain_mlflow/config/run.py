@@ -2,8 +2,9 @@
 
 Flow: CLI / MLproject -> `presets.build(name, overrides)` -> `RunConfig` -> data, model, trainer.
 Every field name is unique across sections, so an override `seq_len=1440` (CLI `--seq-len`, MLproject
-`-P seq_len=1440`) finds its section by name. Each field carries its help text and its rule in `metadata`; one
-generic check (`_check_fields`) enforces the rules, so messages always name the field, the value and what is allowed.
+`-P seq_len=1440`) finds its section by name. Each field carries its help text and its `Rule` in `metadata`
+(`rules.py`); one generic check enforces the rules, so messages always name the field, the value and what is
+allowed, and the command line's option for the field (`params.Setting`) checks with the same rule.
 
 Time settings (`horizon`, `seq_len`, `window_stride`, `max_fill`) take a step count (`24`) or a duration (`24h`,
 `3h`, `60d`: pandas offset aliases). The config a user builds holds them as given; once the data's time step is
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
-from rain_mlflow.durations import parse_time, steps_of
+from rain_mlflow.config.durations import parse_time, steps_of
+from rain_mlflow.config.rules import Rule, _f, check_value, parse_bool
+from rain_mlflow.diagnostics.rules import RULES
 from rain_mlflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -36,20 +38,12 @@ LR_SCHEDULES = ("cosine", "type1", "none")
 STOP_METRICS = ("val_loss", "val_f1", "val_accuracy", "val_mcc")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 ACTIVATIONS = ("relu", "gelu")
-POOLINGS = ("last", "mean", "attention")  # must equal rain_mlflow.model.POOLINGS (tested)
+POOLINGS = ("last", "mean", "attention")  # the classifier's head (rain_mlflow.model) imports them from here
 MISSING_MODES = ("mask", "exclude")
 MISSING_INDICATORS = ("one", "per_feature")
 DEFAULT_MAX_FILL_HOURS = 6.0  # max_fill when not set: a reading is carried forward over at most 6 h of steps
 TIME_FIELDS = ("seq_len", "horizon", "window_stride", "max_fill")  # a step count or a duration (`24h`, `60d`)
-DIAGNOSIS_FLAGS = (
-    "stalled", "oscillating", "val_test_divergence", "val_loss_not_improving",
-    "vram_over_budget", "class_collapse", "non_finite_loss", "dead_run",
-)
-
-
-def _f(default: Any, help: str, **rule: Any) -> Any:
-    """A dataclass field with its help text and validation rule (min, max, choices, positive...)."""
-    return field(default=default, metadata={"help": help, **rule})
+DIAGNOSIS_FLAGS: tuple[str, ...] = tuple(RULES)  # the diagnosis rules' names, in the order they run
 
 
 @dataclass(frozen=True)
@@ -107,7 +101,7 @@ class DataConfig:
 
     def in_steps(self, step: pd.Timedelta) -> DataConfig:
         """This config with every time setting a step count of `step` (and max_fill's default filled in)."""
-        steps = {name: steps_of(name, getattr(self, name), step, FIELDS[name].metadata["min"])
+        steps: dict[str, Any] = {name: steps_of(name, getattr(self, name), step, int(rule_of(name).min or 0))
                  for name in TIME_FIELDS if getattr(self, name) is not None}
         if self.max_fill is None:
             import pandas as pd
@@ -118,6 +112,23 @@ class DataConfig:
     @property
     def resolved(self) -> bool:
         return all(isinstance(getattr(self, name), int) for name in TIME_FIELDS)
+
+    # The time settings of a resolved config (`in_steps`), as the step counts everything downstream computes with.
+    @property
+    def seq_len_steps(self) -> int:
+        return _steps("seq_len", self.seq_len)
+
+    @property
+    def horizon_steps(self) -> int:
+        return _steps("horizon", self.horizon)
+
+    @property
+    def window_stride_steps(self) -> int:
+        return _steps("window_stride", self.window_stride)
+
+    @property
+    def max_fill_steps(self) -> int:
+        return _steps("max_fill", self.max_fill)
 
 
 @dataclass(frozen=True)
@@ -221,10 +232,8 @@ class RunConfig:
     @property
     def effective_seq_len(self) -> int:
         """The window length actually fed to the model: the oldest remainder steps are dropped."""
-        if not isinstance(self.data.seq_len, int):
-            raise ConfigError(f"seq_len {self.data.seq_len!r} is a duration: resolve the config against the "
-                              "data's time step first (RunConfig.in_steps)")
-        return self.data.seq_len - self.data.seq_len % self.model.input_token_len
+        seq_len = self.data.seq_len_steps
+        return seq_len - seq_len % self.model.input_token_len
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A new config with fields replaced by name; unknown names and bad values raise ConfigError."""
@@ -281,18 +290,6 @@ def field_type(name: str) -> tuple[type, bool]:
     return base, optional
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def parse_bool(name: str, text: str) -> bool:
-    """'true/false/yes/no/1/0/on/off' -> bool, or a ConfigError naming the setting."""
-    lowered = str(text).strip().lower()
-    if lowered in _TRUE or lowered in _FALSE:
-        return lowered in _TRUE
-    raise ConfigError(f"{name} must be true or false; got {text!r}")
-
-
 def coerce(name: str, value: Any) -> Any:
     """Turn a CLI / MLproject string (or a JSON value) into the field's type; '' or 'none' mean None."""
     base, optional = field_type(name)
@@ -300,8 +297,9 @@ def coerce(name: str, value: Any) -> Any:
         text = value.strip()
         if optional and text.lower() in ("", "none", "null"):
             return None
-        if FIELDS[name].metadata.get("duration"):
-            return parse_time(name, text, FIELDS[name].metadata["min"])
+        rule = rule_of(name)
+        if rule.duration:
+            return parse_time(name, text, int(rule.min or 0))
         try:
             if base is bool:
                 return parse_bool(name, text)
@@ -322,49 +320,29 @@ def coerce(name: str, value: Any) -> Any:
     return value
 
 
+def _steps(name: str, value: int | str | None) -> int:
+    if not isinstance(value, int):
+        raise ConfigError(f"{name} {value!r} is a duration: resolve the config against the data's time step first "
+                          "(RunConfig.in_steps)")
+    return value
+
+
+def rule_of(name: str) -> Rule:
+    """The declared rule of a config field."""
+    return FIELDS[name].metadata["rule"]
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Check one field's value (text as typed, or typed) with its own rule, as the config will when it is built."""
+    base, optional = field_type(name)
+    check_value(name, coerce(name, value), base, optional, rule_of(name))
+
+
 def _check_fields(section: Any) -> None:
     """Apply each field's declared rule; the message names the field, the value and what is allowed."""
     for f in dataclasses.fields(section):
-        value, rule = getattr(section, f.name), f.metadata
-        if value is None:
-            base, optional = field_type(f.name)
-            if not optional:
-                raise ConfigError(f"{f.name} must be set; got None")
-            continue
-        base, _ = field_type(f.name)
-        if rule.get("duration"):
-            parse_time(f.name, value, rule["min"])
-            continue
-        if base is str and not value.strip():
-            raise ConfigError(f"{f.name} must not be empty; got {value!r}")
-        if "pattern" in rule and not re.fullmatch(rule["pattern"], value):
-            raise ConfigError(f"{f.name} must be {rule['pattern_text']}; got {value!r}")
-        if base is bool and not isinstance(value, bool):
-            raise ConfigError(f"{f.name} must be true or false; got {value!r}")
-        if base in (int, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    base is int and not isinstance(value, int)):
-                raise ConfigError(f"{f.name} must be {'an integer' if base is int else 'a number'}; got {value!r}")
-            if not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be a finite number; got {value!r}")
-            _check_range(f.name, value, rule)
-        if "choices" in rule and value not in rule["choices"]:
-            raise ConfigError(f"{f.name} must be one of {', '.join(rule['choices'])}; got {value!r}")
-        if "each_choices" in rule:
-            bad = [v for v in value if v not in rule["each_choices"]]
-            if bad:
-                raise ConfigError(f"{f.name} may only list {', '.join(rule['each_choices'])}; got {bad[0]!r}")
-
-
-def _check_range(name: str, value: float, rule: dict) -> None:
-    if "min" in rule and value < rule["min"]:
-        raise ConfigError(f"{name} must be >= {rule['min']}; got {value}")
-    if "gt" in rule and value <= rule["gt"]:
-        raise ConfigError(f"{name} must be > {rule['gt']}; got {value}")
-    if "max" in rule and value > rule["max"]:
-        raise ConfigError(f"{name} must be <= {rule['max']}; got {value}")
-    if "lt" in rule and value >= rule["lt"]:
-        raise ConfigError(f"{name} must be < {rule['lt']}; got {value}")
+        base, optional = field_type(f.name)
+        check_value(f.name, getattr(section, f.name), base, optional, f.metadata["rule"])
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
